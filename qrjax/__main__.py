@@ -1,0 +1,5 @@
+import sys
+
+from qrjax.cli import main
+
+sys.exit(main())

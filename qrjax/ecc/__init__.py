@@ -1,0 +1,5 @@
+from qrjax.ecc.bch import BCH
+from qrjax.ecc.block import DecodeResult
+from qrjax.ecc.gf import GaloisField
+from qrjax.ecc.rs import ReedSolomon
+from qrjax.ecc.bitcode import DEFAULT_WATERMARK_CODE, PRESETS, BitCode, BitDecodeResult, get_code

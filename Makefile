@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
 .PHONY: demo test install clean
@@ -12,6 +13,11 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The test extra adds pytest, hypothesis and the peer libraries the tests compare against.
+$(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
@@ -20,7 +26,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/qrjax ecc demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

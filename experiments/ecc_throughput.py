@@ -18,6 +18,7 @@ counts as a success when the 32 payload bits come out exactly right.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import statistics
 import time
 
@@ -61,7 +62,7 @@ def peer_decoder(code):
                     out.append(None)
             return out
 
-        return f"reedsolo {reedsolo.__version__ if hasattr(reedsolo, '__version__') else '1.7'}", decode
+        return f"reedsolo {importlib.metadata.version('reedsolo')}", decode
     import galois
 
     ref = galois.BCH((1 << code.m) - 1, (1 << code.m) - 1 - (code.n - code.k))

@@ -23,7 +23,7 @@ def compiler_params(*, num_warps: int = 4, num_stages: int = 2):
     CPU machines run jax 0.10.2, GPU machines jax 0.11.x. On 0.10.x a bare `pallas_call` lowers to Mosaic GPU (with a
     deprecation warning pointing to `plgpu.kernel`), which does not take our BlockSpec kernels as they are; Triton
     compiler params select the Triton lowering. On 0.11.x the Triton params still exist but are deprecated; they remain
-    the lowering for these kernels until they are ported to Mosaic GPU. Returns None in interpret mode callers.
+    the lowering for these kernels until they are ported to Mosaic GPU. Callers pass None instead in interpret mode.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -51,33 +51,33 @@ def test_soft_decoding_with_confident_logits_is_hard_decoding(rng):
         np.testing.assert_array_equal(np.asarray(res.bits), bits)
 
 
+def weakly_flipped(rng, code, n_words, pick_positions):
+    """Confident logits (|logit| = 5) for random codewords, except at pick_positions(row) where the sign is wrong
+    and |logit| = 0.3: errors the soft decoder can find because they are the least reliable bits."""
+    payload = rng.integers(0, 2, (n_words, 32))
+    logits = np.where(np.asarray(code.encode(payload)) == 1, 5.0, -5.0)
+    for row in range(n_words):
+        logits[row, pick_positions(row)] *= -0.06
+    hard = code.decode((logits > 0).astype(np.uint8))
+    # beyond its radius the hard decoder fails or miscorrects (RS: about 1.6% of double errors), never recovers
+    assert not np.any(np.asarray(hard.ok) & np.all(np.asarray(hard.payload) == payload, axis=-1))
+    return payload, jnp.asarray(logits, jnp.float32)
+
+
 def test_gmd_erasures_fix_two_unreliable_bytes_that_hard_rs_cannot(rng):
     code = get_code("qrmark-rs")
-    payload = rng.integers(0, 2, (50, 32))
-    bits = np.asarray(code.encode(payload))
-    logits = np.where(bits == 1, 5.0, -5.0)
-    for row in range(50):  # two wrong bytes, each with one flipped bit of low reliability
-        for byte in rng.choice(6, 2, replace=False):
-            b = 8 * byte + rng.integers(0, 8)
-            logits[row, b] = -0.3 * np.sign(logits[row, b])
-    hard = code.decode((logits > 0).astype(np.uint8))
-    soft = code.decode_soft(jnp.asarray(logits, jnp.float32), method="gmd")
-    # beyond its radius the hard decoder fails or miscorrects (about 1.6% of double errors), never recovers
-    assert not np.any(np.asarray(hard.ok) & np.all(np.asarray(hard.payload) == payload, axis=-1))
+    # two wrong bytes, each with one flipped bit
+    payload, logits = weakly_flipped(
+        rng, code, 50, lambda row: 8 * rng.choice(6, 2, replace=False) + rng.integers(0, 8, 2))
+    soft = code.decode_soft(logits, method="gmd")
     assert bool(jnp.all(soft.ok))
     np.testing.assert_array_equal(np.asarray(soft.payload), payload)
 
 
 def test_chase_fixes_three_bit_errors_among_the_weakest_bits(rng):
     code = get_code("qrmark-bch")
-    payload = rng.integers(0, 2, (50, 32))
-    bits = np.asarray(code.encode(payload))
-    logits = np.where(bits == 1, 4.0, -4.0)
-    for row in range(50):
-        logits[row, rng.choice(48, 3, replace=False)] *= -0.1
-    hard = code.decode((logits > 0).astype(np.uint8))
-    assert not bool(jnp.any(np.all(np.asarray(hard.payload) == payload, axis=-1) & np.asarray(hard.ok)))
-    soft = code.decode_soft(jnp.asarray(logits, jnp.float32), method="chase", chase_bits=4)
+    payload, logits = weakly_flipped(rng, code, 50, lambda row: rng.choice(48, 3, replace=False))
+    soft = code.decode_soft(logits, method="chase", chase_bits=4)
     np.testing.assert_array_equal(np.asarray(soft.payload), payload)
 
 

@@ -81,6 +81,7 @@ def throughput(rng, code, batch, n_errors, rounds, peer_sample, label):
     compile_s = bench.compile_seconds(decode, words_dev)
     peer_name, peer = peer_decoder(code)
     sample = words[:peer_sample]
+    peer(sample[:4])  # warm-up: galois JIT-compiles (numba) on its first call, as qrjax does above
     jax_s, peer_s, ratios = [], [], []
     for _ in tqdm(range(rounds), desc=f"{label} rounds", leave=False):
         j = bench.seconds(decode, words_dev, repeats=3)

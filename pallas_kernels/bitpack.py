@@ -61,7 +61,7 @@ def _grid(rows: int, block_sizes: BlockSizes | None, interpret: bool):
     return block, -(-rows // block)
 
 
-def _call(kernel, x, out_shape, in_block, out_block, block, steps, interpret):
+def _call(kernel, x, out_shape, in_block, out_block, steps, interpret):
     return pl.pallas_call(
         kernel,
         out_shape=out_shape,
@@ -91,7 +91,7 @@ def pack_bits(bits: jax.Array, m: int, *, block_sizes: BlockSizes | None = None,
     x = jnp.pad(x, ((0, block * steps - x.shape[0]), (0, n_pad - n), (0, m_pad - m)))
     out = _call(functools.partial(_pack_kernel, m=m), x,
                 jax.ShapeDtypeStruct((block * steps, n_pad), jnp.int32),
-                (block, n_pad, m_pad), (block, n_pad), block, steps, interpret)
+                (block, n_pad, m_pad), (block, n_pad), steps, interpret)
     return out[:rows, :n].reshape(lead + (n,))
 
 
@@ -111,7 +111,7 @@ def unpack_bits(symbols: jax.Array, m: int, *, block_sizes: BlockSizes | None = 
     x = jnp.pad(x, ((0, block * steps - x.shape[0]), (0, 0)))
     out = _call(functools.partial(_unpack_kernel, m=m), x,
                 jax.ShapeDtypeStruct((block * steps, n_pad, m_pad), jnp.uint8),
-                (block, n_pad), (block, n_pad, m_pad), block, steps, interpret)
+                (block, n_pad), (block, n_pad, m_pad), steps, interpret)
     return out[:rows, :n, :m].reshape(lead + (n * m,))
 
 

@@ -81,7 +81,7 @@ class BCH(SystematicCode):
         t, gen = best
         object.__setattr__(self, "t", t)
         object.__setattr__(self, "generator", gen)
-        parity = GaloisField(self.m, field.prim).powers_mod(gen, [self.n - 1 - i for i in range(self.k)])
+        parity = field.powers_mod(gen, [self.n - 1 - i for i in range(self.k)])
         self._setup(field, 1, parity, ErrataDecoder(field, self.n, 2 * t, fcr=1))
 
     def _accept(self, word):

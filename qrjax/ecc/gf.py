@@ -104,11 +104,6 @@ class GaloisField:
         xp, exp, _ = self._tables(e)
         return exp[xp.asarray(e) % (self.order - 1)].astype(xp.int32)
 
-    def log(self, a):
-        """Discrete log base alpha of a != 0 (0 for a == 0: mask it)."""
-        xp, _, log = self._tables(a)
-        return log[xp.asarray(a)]
-
     # -- linear maps with constant coefficients --------------------------------------------------------------------
     def matmul_const(self, x, mat: np.ndarray):
         """y[..., j] = XOR_i x[..., i] * mat[i, j] for a constant host matrix `mat`: int[a, b].

@@ -22,3 +22,20 @@ def test_ecc_throughput_smoke(tmp_path):
     assert set(result["word_success"]) >= {"raw 32 bits (no code)", "RS(6,4) hard", "BCH(48,36) hard"}
     assert (tmp_path / "ecc_throughput.md").read_text().startswith("# ECC throughput")
     assert (tmp_path / "ecc_word_success.png").stat().st_size > 0
+
+
+def test_qrmark_robustness_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "qrmark_robustness.py"), "--smoke", "--n-images", "6",
+           "--fpr-keys", "5", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "qrmark_robustness.json").read_text())
+    assert list(result["table"]) == ["a", "b", "c", "d"]
+    from qrjax.watermark.attacks import EVAL_ATTACKS
+
+    for row in result["table"].values():
+        assert list(row) == list(EVAL_ATTACKS)
+        assert all(0 <= v[m] <= 1 for v in row.values() for m in ("bit_acc", "word_acc", "tpr"))
+    assert result["clean_fpr"]["tiles"] == 6 * 16 and set(result["tile_ablation"]) == {"8", "16"}
+    assert (tmp_path / "qrmark_robustness.md").read_text().startswith("# QRMark robustness")
+    assert (tmp_path / "qrmark_robustness.png").stat().st_size > 0

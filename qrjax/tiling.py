@@ -1,0 +1,126 @@
+"""Tile geometry, batched tile extraction and stitching, shared by watermark detection and tiled generation.
+
+Everything here is vectorised and jit-friendly: origins are int32 arrays, tiles are cut with a vmapped
+`lax.dynamic_slice`, and placements are drawn from explicit PRNG keys (no per-sample Python loops, no host syncs).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PLACEMENTS = ("fixed", "random_grid", "random")
+
+
+class TileGrid(NamedTuple):
+    """A grid of `tile`-sized cells stepped by `stride` over an (height, width) image, covering it fully.
+
+    With stride < tile the cells overlap; the last row/column is shifted inward so no cell leaves the image.
+    """
+
+    height: int
+    width: int
+    tile: int
+    stride: int
+
+    @property
+    def rows(self) -> int:
+        return _count(self.height, self.tile, self.stride)
+
+    @property
+    def cols(self) -> int:
+        return _count(self.width, self.tile, self.stride)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def origins(self) -> np.ndarray:
+        """int32[rows * cols, 2] (y, x) top-left corners, row-major."""
+        ys = _starts(self.height, self.tile, self.stride)
+        xs = _starts(self.width, self.tile, self.stride)
+        return np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
+
+
+def _check(height: int, width: int, tile: int, stride: int):
+    if tile <= 0 or stride <= 0:
+        raise ValueError(f"tile {tile} and stride {stride} must be positive")
+    if tile > height or tile > width:
+        raise ValueError(f"tile {tile} does not fit in a {height}x{width} image")
+
+
+def _count(size: int, tile: int, stride: int) -> int:
+    return 1 + -(-(size - tile) // stride)
+
+
+def _starts(size: int, tile: int, stride: int) -> np.ndarray:
+    starts = np.arange(_count(size, tile, stride)) * stride
+    return np.minimum(starts, size - tile)
+
+
+def grid(height: int, width: int, tile: int, stride: int | None = None) -> TileGrid:
+    """The TileGrid of an image; stride defaults to tile (no overlap)."""
+    stride = tile if stride is None else stride
+    _check(height, width, tile, stride)
+    return TileGrid(height, width, tile, stride)
+
+
+def place(key: jax.Array | None, batch: int, height: int, width: int, tile: int, placement: str = "random_grid",
+          cell: tuple[int, int] = (0, 0)) -> jax.Array:
+    """int32[batch, 2] tile origins.
+
+    fixed: the grid cell `cell` (row, col) for every image; random_grid: a uniformly drawn aligned cell of the
+    non-overlapping grid; random: any position with the tile inside the image.
+    """
+    _check(height, width, tile, tile)
+    if placement == "fixed":
+        rows, cols = height // tile, width // tile
+        if not (0 <= cell[0] < rows and 0 <= cell[1] < cols):
+            raise ValueError(f"cell {cell} is outside the {rows}x{cols} grid of {tile}-pixel tiles")
+        return jnp.broadcast_to(jnp.asarray(cell, jnp.int32) * tile, (batch, 2))
+    if key is None:
+        raise ValueError(f"placement {placement!r} needs a PRNG key")
+    ky, kx = jax.random.split(key)
+    if placement == "random_grid":
+        y = jax.random.randint(ky, (batch,), 0, height // tile) * tile
+        x = jax.random.randint(kx, (batch,), 0, width // tile) * tile
+    elif placement == "random":
+        y = jax.random.randint(ky, (batch,), 0, height - tile + 1)
+        x = jax.random.randint(kx, (batch,), 0, width - tile + 1)
+    else:
+        raise ValueError(f"unknown placement {placement!r}; choose from {PLACEMENTS}")
+    return jnp.stack([y, x], -1).astype(jnp.int32)
+
+
+def extract(images: jax.Array, origins: jax.Array, tile: int) -> jax.Array:
+    """images: [B, H, W, C], origins: int32[B, 2] -> tiles [B, tile, tile, C] (one tile per image)."""
+    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (tile, tile, img.shape[-1])))(
+        images, origins)
+
+
+def extract_grid(images: jax.Array, g: TileGrid) -> jax.Array:
+    """images: [B, H, W, C] -> every cell of g: [B, len(g), tile, tile, C]."""
+    origins = jnp.asarray(g.origins())
+    cut = jax.vmap(lambda o: jax.lax.dynamic_slice(images, (0, o[0], o[1], 0),
+                                                    (images.shape[0], g.tile, g.tile, images.shape[-1])))
+    return jnp.moveaxis(cut(origins), 0, 1)
+
+
+def stitch(tiles: jax.Array, g: TileGrid, weights: jax.Array | None = None) -> jax.Array:
+    """tiles: [B, len(g), tile, tile, C] -> image [B, H, W, C]: overlapping cells averaged with `weights`.
+
+    weights: [tile, tile] blending window (default uniform); with a non-overlapping grid stitching inverts
+    `extract_grid` exactly.
+    """
+    b, n, t, _, c = tiles.shape
+    if n != len(g) or t != g.tile:
+        raise ValueError(f"stitch: got {n} tiles of {t} px for a grid of {len(g)} tiles of {g.tile} px")
+    w = jnp.ones((t, t), tiles.dtype) if weights is None else weights.astype(tiles.dtype)
+    acc = jnp.zeros((b, g.height, g.width, c), tiles.dtype)
+    norm = jnp.zeros((g.height, g.width), tiles.dtype)
+    for i, (y, x) in enumerate(g.origins()):  # static loop over grid cells (a handful), not over the batch
+        acc = acc.at[:, y:y + t, x:x + t].add(tiles[:, i] * w[None, :, :, None])
+        norm = norm.at[y:y + t, x:x + t].add(w)
+    return acc / norm[None, :, :, None]

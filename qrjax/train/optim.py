@@ -1,0 +1,31 @@
+"""Optimisers: LAMB or AdamW behind gradient clipping, linear warm-up then cosine decay, no decay on 1-D params."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def make_schedule(learning_rate: float, steps: int, warmup_steps: int, end_learning_rate: float = 0.0):
+    warmup_steps = max(0, min(warmup_steps, steps - 1))
+    return optax.warmup_cosine_decay_schedule(init_value=0.0 if warmup_steps else learning_rate,
+                                              peak_value=learning_rate, warmup_steps=warmup_steps,
+                                              decay_steps=max(steps, warmup_steps + 1), end_value=end_learning_rate)
+
+
+def _decay_mask(params):
+    # Biases, BatchNorm scales and other vectors are not weight-decayed (as in FastCLIP and big_vision).
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int, *, end_learning_rate: float = 0.0,
+                   weight_decay: float = 0.0, grad_clip: float | None = 1.0) -> optax.GradientTransformation:
+    """name: 'adamw' or 'lamb'."""
+    schedule = make_schedule(learning_rate, steps, warmup_steps, end_learning_rate)
+    if name == "adamw":
+        opt = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
+    elif name == "lamb":
+        opt = optax.lamb(schedule, weight_decay=weight_decay, mask=_decay_mask)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose adamw or lamb")
+    return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip else opt

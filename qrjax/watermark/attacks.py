@@ -1,0 +1,246 @@
+"""Image distortions: differentiable JAX versions for training, exact Pillow/numpy versions for evaluation.
+
+Training attacks act on float32 images in [0, 1], shape [B, H, W, 3]; one is drawn per batch (`draw`), with its
+shape-changing parameters (crop fraction, JPEG quality) static so every variant compiles once, and its continuous
+parameters (blur sigma, brightness, contrast, noise level) drawn inside the step from a PRNG key.
+Evaluation attacks act on one uint8[H, W, 3] image and return uint8, like a real-world edit would.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageEnhance
+
+# ----------------------------------------------------------------------------------------------- training attacks
+
+
+def draw(rng: np.random.Generator, config, step: int | None = None) -> tuple[str, float | int | None]:
+    """One training attack for a batch: (name, static parameter) drawn with config.attack_weights
+    (identity during the first config.attack_warmup_steps steps)."""
+    if step is not None and step < config.attack_warmup_steps:
+        return "identity", None
+    p = np.asarray(config.attack_weights, np.float64)
+    name = config.attacks[int(rng.choice(len(config.attacks), p=p / p.sum()))]
+    if name in ("crop", "resized_crop"):
+        return name, float(config.crop_fractions[int(rng.integers(len(config.crop_fractions)))])
+    if name == "jpeg":
+        return name, int(config.jpeg_qualities[int(rng.integers(len(config.jpeg_qualities)))])
+    return name, None
+
+
+def apply(attack: tuple[str, float | int | None], key: jax.Array, x: jax.Array, config) -> jax.Array:
+    """Apply a drawn training attack to x: f32[B, H, W, 3] in [0, 1]."""
+    name, param = attack
+    if name == "identity":
+        return x
+    if name == "flip":
+        return x[:, :, ::-1]
+    if name in ("crop", "resized_crop"):
+        side = crop_side(x.shape[1], param)
+        y = random_crop(key, x, side)
+        return resize(y, x.shape[1]) if name == "resized_crop" else y
+    if name == "blur":
+        sigma = jax.random.uniform(key, (), minval=config.blur_sigma[0], maxval=config.blur_sigma[1])
+        return gaussian_blur(x, sigma, config.blur_kernel)
+    if name == "color":
+        kb, kc = jax.random.split(key)
+        r = config.color_range
+        b = jax.random.uniform(kb, (x.shape[0],), minval=1 - r, maxval=1 + r)
+        c = jax.random.uniform(kc, (x.shape[0],), minval=1 - r, maxval=1 + r)
+        return contrast(brightness(x, b), c)
+    if name == "noise":
+        return jnp.clip(x + config.noise_std * jax.random.normal(key, x.shape), 0.0, 1.0)
+    if name == "jpeg":
+        return jpeg(x, param)
+    raise ValueError(f"unknown training attack {name!r}")
+
+
+def crop_side(size: int, area_fraction: float) -> int:
+    """Side of a square crop keeping `area_fraction` of a size x size image (QRMark: floor(s * sqrt(f)))."""
+    return max(1, int(size * np.sqrt(area_fraction)))
+
+
+def random_crop(key: jax.Array, x: jax.Array, side: int) -> jax.Array:
+    from qrjax import tiling
+
+    return tiling.extract(x, tiling.place(key, x.shape[0], x.shape[1], x.shape[2], side, "random"), side)
+
+
+def resize(x: jax.Array, size: int) -> jax.Array:
+    """Bilinear resize of [B, H, W, C] to [B, size, size, C] (antialiased when shrinking)."""
+    return jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bilinear")
+
+
+def gaussian_kernel(sigma, size: int) -> jax.Array:
+    r = jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2
+    k = jnp.exp(-0.5 * (r / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: jax.Array, sigma, size: int) -> jax.Array:
+    """Separable Gaussian blur of [B, H, W, C] with a size-tap kernel, mirror (reflect) padding; sigma may be traced."""
+    k = gaussian_kernel(sigma, size)
+    pad = size // 2
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    h, w = x.shape[1:3]
+    rows = sum(k[i] * xp[:, i:i + h] for i in range(size))
+    return sum(k[i] * rows[:, :, i:i + w] for i in range(size))
+
+
+def _gray_mean(x: jax.Array) -> jax.Array:
+    gray = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    return gray.mean(axis=(1, 2))
+
+
+def brightness(x: jax.Array, factor) -> jax.Array:
+    """PIL ImageEnhance.Brightness: blend with black. factor: scalar or f32[B]."""
+    f = jnp.reshape(jnp.asarray(factor, x.dtype), (-1, 1, 1, 1))
+    return jnp.clip(x * f, 0.0, 1.0)
+
+
+def contrast(x: jax.Array, factor) -> jax.Array:
+    """PIL ImageEnhance.Contrast: blend with the mean grey level. factor: scalar or f32[B]."""
+    f = jnp.reshape(jnp.asarray(factor, x.dtype), (-1, 1, 1, 1))
+    mean = _gray_mean(x)[:, None, None, None]
+    return jnp.clip(mean + f * (x - mean), 0.0, 1.0)
+
+
+# --- differentiable JPEG: YCbCr, 4:2:0 chroma, 8x8 DCT, quantise with a straight-through round, inverse.
+
+_LUMA_Q = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float32).reshape(8, 8)
+_CHROMA_Q = np.full((8, 8), 99, np.float32)
+_CHROMA_Q[:4, :4] = np.array([17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 99, 47, 66, 99, 99]).reshape(4, 4)
+
+
+def quant_table(base: np.ndarray, quality: int) -> np.ndarray:
+    """The IJG quality scaling libjpeg (and Pillow) applies to the standard tables."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality {quality} outside 1..100")
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    return np.clip(np.floor((base * scale + 50) / 100), 1, 255).astype(np.float32)
+
+
+def _dct_matrix() -> np.ndarray:
+    n = np.arange(8)
+    d = np.cos((2 * n[None, :] + 1) * n[:, None] * np.pi / 16) * np.sqrt(2 / 8)
+    d[0] /= np.sqrt(2)
+    return d.astype(np.float32)
+
+
+def _round_ste(x):
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
+def _blockwise(plane: jax.Array, q: np.ndarray) -> jax.Array:
+    """DCT -> quantise -> dequantise -> IDCT on every 8x8 block of [B, H, W] (H, W multiples of 8)."""
+    b, h, w = plane.shape
+    d = jnp.asarray(_dct_matrix())
+    blocks = plane.reshape(b, h // 8, 8, w // 8, 8).transpose(0, 1, 3, 2, 4)
+    coef = d @ blocks @ d.T
+    coef = _round_ste(coef / q) * q
+    out = d.T @ coef @ d
+    return out.transpose(0, 1, 3, 2, 4).reshape(b, h, w)
+
+
+@partial(jax.jit, static_argnames="quality")
+def jpeg(x: jax.Array, quality: int) -> jax.Array:
+    """Differentiable JPEG approximation of f32[B, H, W, 3] in [0, 1] (baseline JPEG with 4:2:0 chroma, as Pillow)."""
+    b, h, w, _ = x.shape
+    ph, pw = -h % 16, -w % 16
+    v = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge") * 255.0
+    r, g, bl = v[..., 0], v[..., 1], v[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * bl
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * bl
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * bl
+    hh, ww = y.shape[1:]
+
+    def sub(c):
+        return c.reshape(b, hh // 2, 2, ww // 2, 2).mean(axis=(2, 4))
+
+    def up(c):
+        return jnp.repeat(jnp.repeat(c, 2, axis=1), 2, axis=2)
+
+    y = _blockwise(y - 128.0, quant_table(_LUMA_Q, quality)) + 128.0
+    cb = up(_blockwise(sub(cb), quant_table(_CHROMA_Q, quality)))
+    cr = up(_blockwise(sub(cr), quant_table(_CHROMA_Q, quality)))
+    rgb = jnp.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
+    rgb = _round_ste(jnp.clip(rgb, 0.0, 255.0)) / 255.0
+    return rgb[:, :h, :w]
+
+
+# --------------------------------------------------------------------------------------------- evaluation attacks
+
+
+def jpeg_pil(img: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def center_crop(img: np.ndarray, area_fraction: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = np.sqrt(area_fraction)
+    ch, cw = max(1, round(h * s)), max(1, round(w * s))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return img[y:y + ch, x:x + cw]
+
+
+def resize_pil(img: np.ndarray, scale: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                  Image.BILINEAR))
+
+
+def blur_np(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Exact Gaussian blur (radius 4 sigma, mirror padding), rounded back to uint8."""
+    radius = int(4 * sigma + 0.5)
+    r = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (r / sigma) ** 2)
+    k /= k.sum()
+    x = np.pad(img.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    h, w = img.shape[:2]
+    x = sum(k[i] * x[i:i + h] for i in range(len(k)))
+    x = sum(k[i] * x[:, i:i + w] for i in range(len(k)))
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def brightness_pil(img: np.ndarray, factor: float) -> np.ndarray:
+    return np.asarray(ImageEnhance.Brightness(Image.fromarray(img)).enhance(factor))
+
+
+def contrast_pil(img: np.ndarray, factor: float) -> np.ndarray:
+    return np.asarray(ImageEnhance.Contrast(Image.fromarray(img)).enhance(factor))
+
+
+def rotate_pil(img: np.ndarray, degrees: float) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).rotate(degrees, resample=Image.BILINEAR))
+
+
+EVAL_ATTACKS = {
+    "none": lambda im: im,
+    "jpeg80": lambda im: jpeg_pil(im, 80),
+    "jpeg50": lambda im: jpeg_pil(im, 50),
+    "crop50": lambda im: center_crop(im, 0.5),
+    "crop10": lambda im: center_crop(im, 0.1),
+    "resize50": lambda im: resize_pil(im, 0.5),
+    "blur2": lambda im: blur_np(im, 2.0),
+    "brightness1.5": lambda im: brightness_pil(im, 1.5),
+    "contrast1.5": lambda im: contrast_pil(im, 1.5),
+    "rotate10": lambda im: rotate_pil(im, 10.0),
+    "crop50+bright1.5+jpeg80": lambda im: jpeg_pil(brightness_pil(center_crop(im, 0.5), 1.5), 80),
+}
+
+
+def eval_attack(name: str, img: np.ndarray) -> np.ndarray:
+    """Apply the evaluation attack `name` (a key of EVAL_ATTACKS) to uint8[H, W, 3]."""
+    if name not in EVAL_ATTACKS:
+        raise ValueError(f"unknown evaluation attack {name!r}; choose from {list(EVAL_ATTACKS)}")
+    return EVAL_ATTACKS[name](img)

@@ -1,0 +1,127 @@
+"""Watermark configurations: frozen dataclasses with named presets (`paper`, `cpu`, `tiny`) and `--set` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+ATTACKS = ("identity", "flip", "crop", "resized_crop", "blur", "color", "noise", "jpeg")
+
+
+@dataclass(frozen=True)
+class WatermarkConfig:
+    name: str = "cpu"
+    # Networks.
+    bits: int = 48
+    channels: int = 16
+    encoder_blocks: int = 3
+    extractor_blocks: int = 4  # HiDDeN depth: conv blocks before the final block to `bits` channels
+    extractor_highpass: bool = True
+    carrier_period: int = 16  # 0: plain HiDDeN message broadcast (the paper preset)
+    # Geometry: images are brought to working_size, cut into tile x tile cells; the extractor reads one tile.
+    working_size: int = 256
+    tile: int = 64
+    placement: str = "random_grid"  # fixed | random_grid | random
+    full_image: bool = False  # the sequential baseline: train and read whole working-size images
+    train_tile: int = 32  # tile side the networks are trained on (fully convolutional: they read `tile` at test time)
+    # Embedding: residual = strength * tanh(...), in [0, 1] pixel units, so PSNR >= -20 log10(strength).
+    strength: float = 3.0 / 255.0
+    # Training curriculum: the mark starts strength_start_scale times stronger and shrinks linearly to `strength`
+    # over strength_warmup_steps, so the extractor finds it before it becomes faint.
+    strength_start_scale: float = 4.0
+    strength_warmup_steps: int = 2000
+    # Training distortions, one drawn per batch, with their weights.
+    attacks: tuple[str, ...] = ATTACKS
+    attack_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+    crop_fractions: tuple[float, ...] = (0.3, 0.7)  # kept area fractions (QRMark: RandomCrop to floor(s*sqrt(f)))
+    blur_sigma: tuple[float, float] = (0.5, 2.0)
+    blur_kernel: int = 9
+    color_range: float = 0.5  # brightness and contrast factors drawn from [1 - r, 1 + r]
+    noise_std: float = 0.02
+    jpeg_qualities: tuple[int, ...] = (50, 80)
+    attack_warmup_steps: int = 500  # identity only at first: the extractor must find the mark before it is attacked
+    # Losses.
+    lambda_bits: float = 1.0
+    lambda_image: float = 0.0
+    lambda_ecc: float = 0.0
+    ecc_code: str = "qrmark-bch"
+    # Optimisation.
+    optimizer: str = "adamw"  # adamw | lamb
+    learning_rate: float = 2e-3
+    end_learning_rate: float = 1e-5
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    batch_size: int = 64
+    steps: int = 6000
+    seed: int = 0
+    # Bookkeeping.
+    log_every: int = 50
+    checkpoint_every: int = 500
+    eval_every: int = 500
+    eval_images: int = 64
+
+    @property
+    def read_size(self) -> int:
+        """Side of what the networks see in training: one train_tile, or the whole image for the baseline."""
+        return self.working_size if self.full_image else self.train_tile
+
+    def replace(self, **changes) -> "WatermarkConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, WatermarkConfig] = {
+    # QRMark's extractor: 64 channels, encoder 4 blocks, extractor 8 blocks, 48 bits, 64-pixel tiles of 256-pixel
+    # images, LAMB, 400 epochs of COCO at batch 16/GPU.
+    "paper": WatermarkConfig(name="paper", channels=64, encoder_blocks=4, extractor_blocks=8, carrier_period=0,
+                             extractor_highpass=False, train_tile=64,
+                             optimizer="lamb",
+                             learning_rate=2.5e-3, batch_size=64, steps=100_000, warmup_steps=2000,
+                             checkpoint_every=2000, eval_every=2000, log_every=100, eval_images=256),
+    "cpu": WatermarkConfig(name="cpu"),
+    "tiny": WatermarkConfig(name="tiny", bits=48, channels=8, encoder_blocks=1, extractor_blocks=1, working_size=32,
+                            tile=16, train_tile=16, carrier_period=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,
+                            strength_warmup_steps=0, blur_kernel=5, log_every=1,
+                            checkpoint_every=2, eval_every=2, eval_images=8),
+}
+
+
+def get_config(preset: str = "cpu", overrides: list[str] | tuple[str, ...] | dict | None = None) -> WatermarkConfig:
+    """A preset with `key=value` overrides (the CLI's --set); values are parsed to the field's type."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown watermark preset {preset!r}; choose from {sorted(PRESETS)}")
+    config = PRESETS[preset]
+    if not overrides:
+        return config
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for key, value in items:
+        if key not in fields:
+            raise ValueError(f"--set {key}=...: WatermarkConfig has no field {key!r}; fields: {sorted(fields)}")
+        changes[key] = _parse(key, value, getattr(config, key)) if isinstance(value, str) else value
+    return config.replace(**changes)
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _parse(key: str, value: str, current):
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            return tuple(kind(v) for v in value.split(",") if v)
+        return type(current)(value)
+    except ValueError:
+        raise ValueError(f"--set {key}={value}: cannot parse as {type(current).__name__}") from None
+
+
+__all__ = ["ATTACKS", "PRESETS", "WatermarkConfig", "get_config"]

@@ -1,0 +1,150 @@
+"""Embedding and extraction at any resolution with a trained encoder/extractor.
+
+embed: the image is resized to working_size x working_size, cut into the tile grid, each tile gets its residual from the
+encoder (the same payload in every tile), the residual is stitched, upsampled back to the original size and added;
+the result is rounded to uint8 (TrustMark's resolution-agnostic recipe, QRMark's tile grid).
+extract: the inverse geometry: an image at least working_size on both sides is resized to working_size x working_size
+(where embed computed the residual); a smaller one (a crop, a downscaled copy) is read at its own scale; then the
+extractor reads one tile (or the whole image for the full-image baseline).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qrjax import tiling
+from qrjax.watermark.config import WatermarkConfig
+from qrjax.watermark.model import encoder_module, extractor_module, to_model_range
+
+
+class WatermarkModel(NamedTuple):
+    """A trained watermarker: its config and {'encoder': vars, 'extractor': vars[, 'whitening': {'w','b'}]}."""
+
+    config: WatermarkConfig
+    variables: dict
+
+
+def encoder_residual(config: WatermarkConfig, enc_vars, images: jax.Array, bits: jax.Array,
+                     train: bool = False):
+    """images: f32[B, T, T, 3] in [0, 1] -> (residual f32[B, T, T, 3] in [-strength, strength], new batch_stats)."""
+    mod = encoder_module(config)
+    if train:
+        r, upd = mod.apply(enc_vars, to_model_range(images), bits, train=True, mutable=["batch_stats"])
+        return config.strength * r, upd["batch_stats"]
+    return config.strength * mod.apply(enc_vars, to_model_range(images), bits, train=False), None
+
+
+def extractor_logits(config: WatermarkConfig, ext_vars, images: jax.Array, train: bool = False, whitening=None):
+    """images: f32[B, H, W, 3] in [0, 1] -> (logits f32[B, bits], new batch_stats or None)."""
+    mod = extractor_module(config)
+    if train:
+        logits, upd = mod.apply(ext_vars, to_model_range(images), train=True, mutable=["batch_stats"])
+        return logits, upd["batch_stats"]
+    logits = mod.apply(ext_vars, to_model_range(images), train=False)
+    if whitening is not None:
+        logits = logits @ whitening["w"].T + whitening["b"]
+    return logits, None
+
+
+def quantize(x: jax.Array) -> jax.Array:
+    """[0, 1] float -> the nearest uint8 level (straight-through gradient), still float in [0, 1]."""
+    y = jnp.clip(x, 0.0, 1.0) * 255.0
+    return (y + jax.lax.stop_gradient(jnp.round(y) - y)) / 255.0
+
+
+@partial(jax.jit, static_argnums=0)
+def _embed_same_size(config: WatermarkConfig, enc_vars, images_u8, bits, strength_scale):
+    b, h, w, _ = images_u8.shape
+    x = images_u8.astype(jnp.float32) / 255.0
+    s = config.working_size
+    work = jax.image.resize(x, (b, s, s, 3), "linear", antialias=True) if (h, w) != (s, s) else x
+    if config.full_image:
+        res, _ = encoder_residual(config, enc_vars, work, bits)
+    else:
+        g = tiling.grid(s, s, config.tile)
+        tiles = tiling.extract_grid(work, g).reshape(b * len(g), config.tile, config.tile, 3)
+        res, _ = encoder_residual(config, enc_vars, tiles, jnp.repeat(bits, len(g), axis=0))
+        res = tiling.stitch(res.reshape(b, len(g), config.tile, config.tile, 3), g)
+    if (h, w) != (s, s):
+        res = jax.image.resize(res, (b, h, w, 3), "linear")
+    return jnp.round(jnp.clip(x + strength_scale * res, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def _check_images(images, name="images") -> list[np.ndarray] | np.ndarray:
+    if isinstance(images, np.ndarray | jax.Array):
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"{name}: expected uint8[B, H, W, 3], got {arr.dtype}{list(arr.shape)}")
+        return arr
+    out = [np.asarray(im) for im in images]
+    for i, im in enumerate(out):
+        if im.ndim != 3 or im.shape[-1] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"{name}[{i}]: expected uint8[H, W, 3], got {im.dtype}{list(im.shape)}")
+    return out
+
+
+def embed(model: WatermarkModel, images, payload_bits, *, strength: float = 1.0):
+    """Watermark images with payload_bits.
+
+    images: uint8[B, H, W, 3] (or a list of uint8[H, W, 3] of different sizes); payload_bits: {0,1}[B, bits] or
+    [bits] for all. strength scales the trained residual (1.0 = as trained). Returns uint8 of the same shape(s).
+    """
+    config = model.config
+    imgs = _check_images(images)
+    bits = np.asarray(payload_bits)
+    if bits.ndim == 1:
+        bits = np.broadcast_to(bits, (len(imgs), bits.shape[0]))
+    if bits.shape != (len(imgs), config.bits) or not np.all((bits == 0) | (bits == 1)):
+        raise ValueError(f"payload_bits: expected 0/1 bits of shape ({len(imgs)}, {config.bits}) or ({config.bits},), "
+                         f"got shape {bits.shape}")
+    bits = jnp.asarray(bits, jnp.int32)
+    enc = model.variables["encoder"]
+    if isinstance(imgs, np.ndarray):
+        return np.asarray(_embed_same_size(config, enc, jnp.asarray(imgs), bits, strength))
+    return [np.asarray(_embed_same_size(config, enc, jnp.asarray(im[None]), bits[i:i + 1], strength))[0]
+            for i, im in enumerate(imgs)]
+
+
+@partial(jax.jit, static_argnums=(0, 3, 4))
+def _extract_same_size(config, variables, images_u8, read: int | None, placement: str, key):
+    x = images_u8.astype(jnp.float32) / 255.0
+    b, h, w, _ = x.shape
+    s = config.working_size
+    if min(h, w) >= s and (h, w) != (s, s):
+        x = jax.image.resize(x, (b, s, s, 3), "linear", antialias=True)
+        h, w = s, s
+    if read is not None:
+        if min(h, w) < read:  # too small for a tile: scale the short side up to one tile
+            scale = read / min(h, w)
+            h, w = max(read, round(h * scale)), max(read, round(w * scale))
+            x = jax.image.resize(x, (b, h, w, 3), "linear")
+        x = tiling.extract(x, tiling.place(key, b, h, w, read, placement), read)
+    logits, _ = extractor_logits(config, variables["extractor"], x, whitening=variables.get("whitening"))
+    return logits
+
+
+def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, placement: str | None = None,
+            full_image: bool | None = None, tile: int | None = None) -> np.ndarray:
+    """Extractor logits f32[B, bits] (bit = logit > 0); images: uint8[B, H, W, 3] or a list of uint8[H, W, 3].
+
+    Tiled models read one tile (config.placement, or `placement`; size `tile`, default config.tile); full-image
+    models, or full_image=True, read the whole image.
+    """
+    config = model.config
+    imgs = _check_images(images)
+    full = config.full_image if full_image is None else full_image
+    read = None if full else (tile or config.tile)
+    placement = placement or ("fixed" if config.placement == "fixed" else config.placement)
+    key = jax.random.key(0) if key is None else key
+    if isinstance(imgs, np.ndarray):
+        return np.asarray(_extract_same_size(config, model.variables, jnp.asarray(imgs), read, placement, key))
+    keys = jax.random.split(key, len(imgs))
+    return np.concatenate([np.asarray(_extract_same_size(config, model.variables, jnp.asarray(im[None]), read,
+                                                         placement, keys[i])) for i, im in enumerate(imgs)])

@@ -1,0 +1,216 @@
+"""Training the watermark encoder and extractor: `train_and_evaluate(config, workdir, data=None)`.
+
+Each step: draw images (tiles of the working-size image, or whole images for the full-image baseline) and random
+bits on the host, embed with the encoder, round to uint8 levels, apply one attack drawn for the batch, extract, and
+minimise bit BCE + lambda_image * image loss (+ lambda_ecc * ECC-aware loss). All randomness is a function of
+(seed, step), so a run resumed from a checkpoint replays exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qrjax import train as trainer
+from qrjax.data import image_source
+from qrjax.ecc import get_code
+from qrjax.watermark import attacks, losses
+from qrjax.watermark.config import WatermarkConfig
+from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, quantize
+from qrjax.watermark.model import init_variables
+
+# Area fraction of the source image a training crop covers: whole-image-sized crops for the full-image baseline,
+# and for a tile of side t the fraction (t / working_size)^2 of such a crop, as when it is cut from a working image.
+FULL_AREA = (0.1, 1.0)
+
+
+def crop_area(config: WatermarkConfig, side: int) -> tuple[float, float]:
+    if config.full_image:
+        return FULL_AREA
+    f = (side / config.working_size) ** 2
+    return (FULL_AREA[0] * f, min(1.0, 1.5 * f))
+
+
+def create_state(config: WatermarkConfig, key: jax.Array | None = None) -> trainer.TrainState:
+    variables = init_variables(config, jax.random.key(config.seed) if key is None else key)
+    params = {k: v["params"] for k, v in variables.items()}
+    stats = {k: v["batch_stats"] for k, v in variables.items()}
+    tx = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
+                                end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
+                                grad_clip=config.grad_clip)
+    return trainer.TrainState.create(params, tx, batch_stats=stats)
+
+
+def model_from_state(config: WatermarkConfig, state: trainer.TrainState) -> WatermarkModel:
+    variables = {k: {"params": state.params[k], "batch_stats": state.batch_stats[k]} for k in state.params}
+    return WatermarkModel(config, jax.device_get(variables))
+
+
+def strength_scale(config: WatermarkConfig, step) -> jax.Array:
+    """The curriculum's multiplier of config.strength at `step` (1.0 once warm-up is over)."""
+    if not config.strength_warmup_steps:
+        return jnp.asarray(1.0)
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / config.strength_warmup_steps, 0.0, 1.0)
+    return config.strength_start_scale + (1.0 - config.strength_start_scale) * frac
+
+
+def loss_fn(params, batch_stats, config: WatermarkConfig, attack, images_u8, bits, key, step=0):
+    """-> (loss, (metrics, new batch_stats)). images_u8: uint8[B, S, S, 3]; bits: int32[B, L]."""
+    x = images_u8.astype(jnp.float32) / 255.0
+    res, enc_stats = encoder_residual(config, {"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
+                                      x, bits, train=True)
+    xw = quantize(x + strength_scale(config, step) * res)
+    xa = attacks.apply(attack, key, xw, config)
+    logits, ext_stats = extractor_logits(config, {"params": params["extractor"],
+                                                  "batch_stats": batch_stats["extractor"]}, xa, train=True)
+    l_bits = losses.bit_loss(logits, bits)
+    l_img = losses.image_loss(xw - x, config.strength)  # normalised by the final strength
+    loss = config.lambda_bits * l_bits + config.lambda_image * l_img
+    metrics = {"loss": loss, "bit_loss": l_bits, "image_loss": l_img,
+               "bit_acc": jnp.mean((logits > 0) == (bits > 0)),
+               "psnr": psnr(x, xw)}
+    if config.lambda_ecc:
+        code = get_code(config.ecc_code)
+        l_ecc = losses.ecc_loss(logits, bits, code.code.symbol_bits, code.code.t)
+        loss = loss + config.lambda_ecc * l_ecc
+        metrics.update(loss=loss, ecc_loss=l_ecc)
+    return loss, (metrics, {"encoder": enc_stats, "extractor": ext_stats})
+
+
+def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean over the batch of per-image PSNR (dB) between images in [0, 1]."""
+    mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
+    return jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12)))
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+def train_step(config: WatermarkConfig, attack, state: trainer.TrainState, images_u8, bits):
+    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (metrics, stats)), grads = grad_fn(state.params, state.batch_stats, config, attack, images_u8, bits, key,
+                                                    state.step)
+    return state.apply_gradients(grads, batch_stats=stats), metrics
+
+
+def make_batch_fn(config: WatermarkConfig, source):
+    source.area = crop_area(config, config.read_size)
+
+    def batch_fn(step: int) -> dict:
+        rng = np.random.default_rng([config.seed, step])
+        images = source.sample(rng, config.read_size, config.batch_size)
+        bits = rng.integers(0, 2, (config.batch_size, config.bits), dtype=np.int32)
+        return {"images": images, "bits": bits, "attack": attacks.draw(rng, config, step)}
+
+    return batch_fn
+
+
+def validation_set(config: WatermarkConfig, source, n: int | None = None, seed: int = 1234):
+    """A fixed validation batch: (uint8 images [n, S, S, 3], bits int32[n, L]) from held-out images; S is what
+    detection reads (config.tile, or working_size for the full-image baseline)."""
+    n = n or config.eval_images
+    rng = np.random.default_rng(seed)
+    side = config.working_size if config.full_image else config.tile
+    source.area = crop_area(config, side)
+    return source.sample(rng, side, n), rng.integers(0, 2, (n, config.bits), dtype=np.int32)
+
+
+@partial(jax.jit, static_argnums=0)
+def _eval_batch(config, variables, images_u8, bits):
+    x = images_u8.astype(jnp.float32) / 255.0
+    res, _ = encoder_residual(config, variables["encoder"], x, bits)
+    xw = quantize(x + res)
+    out = {"psnr": psnr(x, xw)}
+    for name, xa in (("none", xw), ("jpeg80", attacks.jpeg(xw, 80)), ("jpeg50", attacks.jpeg(xw, 50))):
+        logits, _ = extractor_logits(config, variables["extractor"], xa)
+        out[f"bit_acc_{name}"] = jnp.mean((logits > 0) == (bits > 0))
+    return out
+
+
+def make_eval_fn(config: WatermarkConfig, val_source):
+    images, bits = validation_set(config, val_source)
+
+    def eval_fn(state, step):
+        model = model_from_state(config, state)
+        return {k: float(v) for k, v in _eval_batch(config, model.variables, images, bits).items()}
+
+    return eval_fn
+
+
+def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str | Path | None = None, *,
+                       progress: bool = True, mesh=None) -> WatermarkModel:
+    """Train (resuming from workdir if it holds checkpoints); export workdir/model.{msgpack,json}; return the model."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.json"
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        if saved != config_to_dict(config):
+            raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config; use a new workdir "
+                             f"(differences: {_diff(saved, config_to_dict(config))})")
+    config_path.write_text(json.dumps(config_to_dict(config), indent=1))
+    train_src, val_src = image_source(data, "train"), image_source(data, "val")
+    state = create_state(config)
+
+    def step_fn(state, batch):
+        return train_step(config, batch["attack"], state, batch["images"], batch["bits"])
+
+    state = trainer.fit(state, step_fn, make_batch_fn(config, train_src), steps=config.steps, workdir=workdir,
+                        checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                        eval_fn=make_eval_fn(config, val_src), eval_every=config.eval_every,
+                        meta={"preset": config.name}, mesh=mesh, progress=progress,
+                        description=f"watermark {config.name}")
+    model = model_from_state(config, state)
+    save_model(model, workdir / "model")
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ model files
+
+
+def config_to_dict(config: WatermarkConfig) -> dict:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(d: dict) -> WatermarkConfig:
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(WatermarkConfig)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"model config has unknown fields {sorted(unknown)}")
+    return WatermarkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _diff(a: dict, b: dict) -> dict:
+    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def save_model(model: WatermarkModel, stem: str | Path) -> tuple[Path, Path]:
+    """Write <stem>.msgpack (variables) and <stem>.json (config)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    weights = stem.with_suffix(".msgpack")
+    weights.write_bytes(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, model.variables)))
+    cfg = stem.with_suffix(".json")
+    cfg.write_text(json.dumps(config_to_dict(model.config), indent=1))
+    return weights, cfg
+
+
+def load_model(stem: str | Path) -> WatermarkModel:
+    """Read a model written by save_model (stem without suffix)."""
+    stem = Path(stem)
+    weights, cfg = stem.with_suffix(".msgpack"), stem.with_suffix(".json")
+    for p in (weights, cfg):
+        if not p.is_file():
+            raise FileNotFoundError(f"watermark model {str(stem)!r}: missing {p.name}")
+    config = config_from_dict(json.loads(cfg.read_text()))
+    variables = flax.serialization.msgpack_restore(weights.read_bytes())
+    return WatermarkModel(config, jax.tree.map(jnp.asarray, variables))

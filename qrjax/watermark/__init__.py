@@ -13,7 +13,7 @@ from qrjax.watermark import detect
 from qrjax.watermark.config import PRESETS, WatermarkConfig, get_config
 from qrjax.watermark.embed import WatermarkModel, embed, extract
 
-PRETRAINED = ("cpu",)
+PRETRAINED = ("cpu", "cpu-full")
 
 
 def load_pretrained(name: str = "cpu") -> WatermarkModel:

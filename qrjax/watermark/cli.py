@@ -31,7 +31,8 @@ def cmd_train(args) -> int:
         config = get_config(args.preset, args.set)
     except ValueError as err:
         raise SystemExit(f"qrjax watermark train: {err}") from None
-    train_and_evaluate(config, args.workdir, data=args.data)
+    init = _model(args.init) if args.init else None
+    train_and_evaluate(config, args.workdir, data=args.data, init=init)
     print(json.dumps({"workdir": str(args.workdir), "model": str(Path(args.workdir) / "model")}))
     return 0
 
@@ -151,6 +152,7 @@ def register(systems) -> None:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="image folder (default: images bundled in the wheels)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--init", default=None, help="start from this model (shipped name or <stem>.json): fine-tuning")
     p.set_defaults(func=cmd_train)
 
     common = argparse.ArgumentParser(add_help=False)

@@ -23,13 +23,13 @@ class WatermarkConfig:
     tile: int = 64
     placement: str = "random_grid"  # fixed | random_grid | random
     full_image: bool = False  # the sequential baseline: train and read whole working-size images
-    train_tile: int = 32  # tile side the networks are trained on (fully convolutional: they read `tile` at test time)
+    train_tile: int = 16  # tile side the networks are trained on (fully convolutional: they read `tile` at test time)
     # Embedding: residual = strength * tanh(...), in [0, 1] pixel units, so PSNR >= -20 log10(strength).
     strength: float = 3.0 / 255.0
     # Training curriculum: the mark starts strength_start_scale times stronger and shrinks linearly to `strength`
     # over strength_warmup_steps, so the extractor finds it before it becomes faint.
     strength_start_scale: float = 4.0
-    strength_warmup_steps: int = 2000
+    strength_warmup_steps: int = 5000
     # Training distortions, one drawn per batch, with their weights.
     attacks: tuple[str, ...] = ATTACKS
     attack_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
@@ -39,7 +39,7 @@ class WatermarkConfig:
     color_range: float = 0.5  # brightness and contrast factors drawn from [1 - r, 1 + r]
     noise_std: float = 0.02
     jpeg_qualities: tuple[int, ...] = (50, 80)
-    attack_warmup_steps: int = 500  # identity only at first: the extractor must find the mark before it is attacked
+    attack_warmup_steps: int = 1500  # identity only at first: the extractor must find the mark before it is attacked
     # Losses.
     lambda_bits: float = 1.0
     lambda_image: float = 0.0
@@ -53,12 +53,12 @@ class WatermarkConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     batch_size: int = 64
-    steps: int = 6000
+    steps: int = 12000
     seed: int = 0
     # Bookkeeping.
-    log_every: int = 50
-    checkpoint_every: int = 500
-    eval_every: int = 500
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    eval_every: int = 1000
     eval_images: int = 64
 
     @property

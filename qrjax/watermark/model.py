@@ -4,6 +4,13 @@ Images enter both networks as float32 in [-1, 1]. The encoder returns a residual
 it by the strength, so the mark's peak amplitude, and with it a floor on PSNR, is a knob rather than a training outcome.
 The extractor is fully convolutional with global average pooling, so it reads a 16-pixel tile and a 1024-pixel image
 with the same weights. BatchNorm statistics live in the `batch_stats` collection and are threaded explicitly.
+
+Two additions over HiDDeN, both off in the `paper` preset: a learned periodic carrier that the message modulates in
+the encoder (a linear message path), and a high-pass prefilter in the extractor (the image's smooth content is
+thousands of times the mark's energy). They were tried because HiDDeN-exact networks learn too slowly for a 2-core
+CPU budget. In 240-step probes (32-pixel tiles, batch 32, no attacks) the prefilter raised training bit accuracy from
+0.55 to 0.58; the carrier made no measurable difference (0.55 either way) but is kept in the `cpu` preset it was
+trained with.
 """
 
 from __future__ import annotations
@@ -16,6 +23,14 @@ import jax.numpy as jnp
 
 # Stable Signature's BatchNorm (PyTorch eps 1e-3, momentum 0.01) and exact-erf GELU.
 _BatchNorm = partial(nn.BatchNorm, epsilon=1e-3, momentum=0.99)
+
+
+def box_blur3(x):
+    """Per-channel 3x3 mean with zero padding: f32[B, H, W, C] -> same shape."""
+    c = x.shape[-1]
+    k = jnp.full((3, 3, 1, c), 1.0 / 9.0, x.dtype)
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=c)
 
 
 class ConvBlock(nn.Module):
@@ -55,9 +70,13 @@ class Encoder(nn.Module):
             p = self.carrier_period
             carrier = self.param("carrier", nn.initializers.normal(1.0), (p, p, self.channels))
             texture = jnp.tile(carrier, (-(-h // p), -(-w // p), 1))[:h, :w]
-            parts.append(texture[None] * nn.Dense(self.channels)(pm)[:, None, None, :])
+            modulated = texture[None] * nn.Dense(self.channels)(pm)[:, None, None, :]
+            parts.append(modulated)
         x = ConvBlock(self.channels)(jnp.concatenate(parts + [x, images], axis=-1), train)
-        return jnp.tanh(nn.Conv(3, (1, 1))(x))
+        out = nn.Conv(3, (1, 1))(x)
+        if self.carrier_period:  # and a direct, linear path from the modulated texture to the residual
+            out = out + nn.Conv(3, (1, 1), use_bias=False)(modulated)
+        return jnp.tanh(out)
 
 
 class Extractor(nn.Module):
@@ -72,10 +91,7 @@ class Extractor(nn.Module):
     def __call__(self, images, train: bool = False):
         x = images
         if self.highpass:  # remove the image's smooth content, which dwarfs a faint mark (SRM-style prefilter)
-            k = jnp.full((3, 3, 1, 1), 1.0 / 9.0, x.dtype)
-            smooth = jax.lax.conv_general_dilated(x[..., :, None].transpose(0, 3, 1, 2, 4).reshape(-1, *x.shape[1:3], 1),
-                                                  k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            x = x - smooth.reshape(x.shape[0], 3, *x.shape[1:3]).transpose(0, 2, 3, 1)
+            x = x - box_blur3(x)
         for _ in range(self.blocks):  # HiDDeN depth: 3->C, then depth-1 blocks C->C
             x = ConvBlock(self.channels)(x, train)
         x = ConvBlock(self.bits)(x, train)

@@ -37,8 +37,15 @@ def crop_area(config: WatermarkConfig, side: int) -> tuple[float, float]:
     return (FULL_AREA[0] * f, min(1.0, 1.5 * f))
 
 
-def create_state(config: WatermarkConfig, key: jax.Array | None = None) -> trainer.TrainState:
+def create_state(config: WatermarkConfig, key: jax.Array | None = None, init: WatermarkModel | None = None
+                 ) -> trainer.TrainState:
+    """A fresh train state; with `init`, the networks start from a trained model's variables (fine-tuning)."""
     variables = init_variables(config, jax.random.key(config.seed) if key is None else key)
+    if init is not None:
+        shapes = jax.tree.map(np.shape, variables)
+        if jax.tree.map(np.shape, {k: init.variables[k] for k in variables}) != shapes:
+            raise ValueError("init model's networks do not match the config's architecture")
+        variables = {k: jax.tree.map(jnp.asarray, init.variables[k]) for k in variables}
     params = {k: v["params"] for k, v in variables.items()}
     stats = {k: v["batch_stats"] for k, v in variables.items()}
     tx = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
@@ -143,8 +150,9 @@ def make_eval_fn(config: WatermarkConfig, val_source):
 
 
 def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str | Path | None = None, *,
-                       progress: bool = True, mesh=None) -> WatermarkModel:
-    """Train (resuming from workdir if it holds checkpoints); export workdir/model.{msgpack,json}; return the model."""
+                       progress: bool = True, mesh=None, init: WatermarkModel | None = None) -> WatermarkModel:
+    """Train (resuming from workdir if it holds checkpoints; otherwise from scratch or from `init`); export
+    workdir/model.{msgpack,json}; return the model."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
@@ -155,7 +163,7 @@ def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str |
                              f"(differences: {_diff(saved, config_to_dict(config))})")
     config_path.write_text(json.dumps(config_to_dict(config), indent=1))
     train_src, val_src = image_source(data, "train"), image_source(data, "val")
-    state = create_state(config)
+    state = create_state(config, init=init)
 
     def step_fn(state, batch):
         return train_step(config, batch["attack"], state, batch["images"], batch["bits"])

@@ -50,3 +50,26 @@ def test_paper_preset_matches_qrmark_and_overrides_parse():
         get_config("cpu", ["steps=many"])
     with pytest.raises(ValueError, match="unknown watermark preset"):
         get_config("gpu")
+
+
+def test_highpass_prefilter_is_a_zero_padded_box_blur_difference(rng):
+    from qrjax.watermark.model import box_blur3
+
+    x = rng.normal(size=(2, 9, 7, 3)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = sum(xp[:, i:i + 9, j:j + 7] for i in range(3) for j in range(3)) / 9
+    np.testing.assert_allclose(np.asarray(box_blur3(jnp.asarray(x))), want, atol=1e-6)
+
+
+def test_carrier_texture_is_periodic_from_the_tile_origin(tiny):
+    """Bits enter the carrier path linearly: the residual difference of two messages repeats with the period."""
+    config, v = tiny
+    enc = encoder_module(config)
+    x = jnp.zeros((1, 32, 32, 3))
+    params = jax.tree.map(lambda a: a, v["encoder"])
+    p = config.carrier_period
+    carrier = np.asarray(params["params"]["carrier"])
+    assert carrier.shape == (p, p, config.channels)
+    r = np.asarray(enc.apply(params, x, jnp.ones((1, config.bits), jnp.int32)))
+    # on a blank image away from the zero-padded border, the residual repeats every p pixels
+    np.testing.assert_allclose(r[0, 4:12, 4:12], r[0, 4 + p:12 + p, 4 + p:12 + p], atol=1e-5)

@@ -2,7 +2,7 @@
 
     model = qrjax.watermark.load_pretrained()          # the shipped `cpu` model
     marked = qrjax.watermark.embed(model, images_u8, bits)
-    logits = qrjax.watermark.extract(model, marked)     # one 64-pixel tile per image
+    logits = qrjax.watermark.extract(model, marked)     # one tile per image
 """
 
 from __future__ import annotations

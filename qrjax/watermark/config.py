@@ -45,6 +45,10 @@ class WatermarkConfig:
     lambda_image: float = 0.0
     lambda_ecc: float = 0.0
     ecc_code: str = "qrmark-bch"
+    # Whitening (Stable Signature): fit W, b on the extractor's logits of clean training images so clean bits become
+    # fair, uncorrelated coins, freeze the extractor and train the encoder against the whitened extractor.
+    whiten: bool = False
+    whiten_samples: int = 4096
     # Optimisation.
     optimizer: str = "adamw"  # adamw | lamb
     learning_rate: float = 2e-3

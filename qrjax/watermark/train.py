@@ -16,11 +16,12 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from qrjax import train as trainer
 from qrjax.data import image_source
 from qrjax.ecc import get_code
-from qrjax.watermark import attacks, losses
+from qrjax.watermark import attacks, detect, losses
 from qrjax.watermark.config import WatermarkConfig
 from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, quantize
 from qrjax.watermark.model import init_variables
@@ -37,9 +38,12 @@ def crop_area(config: WatermarkConfig, side: int) -> tuple[float, float]:
     return (FULL_AREA[0] * f, min(1.0, 1.5 * f))
 
 
-def create_state(config: WatermarkConfig, key: jax.Array | None = None, init: WatermarkModel | None = None
-                 ) -> trainer.TrainState:
-    """A fresh train state; with `init`, the networks start from a trained model's variables (fine-tuning)."""
+def create_state(config: WatermarkConfig, key: jax.Array | None = None, init: WatermarkModel | None = None,
+                 whitening: dict | None = None) -> trainer.TrainState:
+    """A fresh train state; with `init`, the networks start from a trained model's variables (fine-tuning).
+
+    With config.whiten, `whitening` ({'w', 'b'}) rides along with the BatchNorm statistics (not trained) and the
+    optimiser leaves the extractor untouched."""
     variables = init_variables(config, jax.random.key(config.seed) if key is None else key)
     if init is not None:
         shapes = jax.tree.map(np.shape, variables)
@@ -51,11 +55,31 @@ def create_state(config: WatermarkConfig, key: jax.Array | None = None, init: Wa
     tx = trainer.make_optimizer(config.optimizer, config.learning_rate, config.steps, config.warmup_steps,
                                 end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
                                 grad_clip=config.grad_clip)
+    if config.whiten:
+        if whitening is None:
+            raise ValueError("config.whiten needs the whitening ({'w', 'b'}) fitted on clean images")
+        stats["whitening"] = jax.tree.map(jnp.asarray, dict(whitening))
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   {"encoder": "train", "extractor": "frozen"})
     return trainer.TrainState.create(params, tx, batch_stats=stats)
+
+
+def fit_whitening_on(model: WatermarkModel, source, n: int, seed: int = 4321) -> dict:
+    """Whitening fitted on the extractor's logits of n clean tiles (or images) drawn from `source`."""
+    config = model.config
+    side = config.working_size if config.full_image else config.tile
+    source.area = crop_area(config, side)
+    images = source.sample(np.random.default_rng(seed), side, n)
+    logits = np.concatenate([np.asarray(extractor_logits(config, model.variables["extractor"],
+                                                         jnp.asarray(images[i:i + 512], jnp.float32) / 255.0)[0])
+                             for i in range(0, n, 512)])
+    return detect.fit_whitening(logits)
 
 
 def model_from_state(config: WatermarkConfig, state: trainer.TrainState) -> WatermarkModel:
     variables = {k: {"params": state.params[k], "batch_stats": state.batch_stats[k]} for k in state.params}
+    if "whitening" in state.batch_stats:
+        variables["whitening"] = state.batch_stats["whitening"]
     return WatermarkModel(config, jax.device_get(variables))
 
 
@@ -74,8 +98,12 @@ def loss_fn(params, batch_stats, config: WatermarkConfig, attack, images_u8, bit
                                       x, bits, train=True)
     xw = quantize(x + strength_scale(config, step) * res)
     xa = attacks.apply(attack, key, xw, config)
-    logits, ext_stats = extractor_logits(config, {"params": params["extractor"],
-                                                  "batch_stats": batch_stats["extractor"]}, xa, train=True)
+    ext_vars = {"params": params["extractor"], "batch_stats": batch_stats["extractor"]}
+    if "whitening" in batch_stats:  # frozen, whitened extractor: inference mode, statistics unchanged
+        logits, _ = extractor_logits(config, ext_vars, xa, whitening=batch_stats["whitening"])
+        ext_stats = batch_stats["extractor"]
+    else:
+        logits, ext_stats = extractor_logits(config, ext_vars, xa, train=True)
     l_bits = losses.bit_loss(logits, bits)
     l_img = losses.image_loss(xw - x, config.strength)  # normalised by the final strength
     loss = config.lambda_bits * l_bits + config.lambda_image * l_img
@@ -87,7 +115,10 @@ def loss_fn(params, batch_stats, config: WatermarkConfig, attack, images_u8, bit
         l_ecc = losses.ecc_loss(logits, bits, code.code.symbol_bits, code.code.t)
         loss = loss + config.lambda_ecc * l_ecc
         metrics.update(loss=loss, ecc_loss=l_ecc)
-    return loss, (metrics, {"encoder": enc_stats, "extractor": ext_stats})
+    stats = {"encoder": enc_stats, "extractor": ext_stats}
+    if "whitening" in batch_stats:
+        stats["whitening"] = batch_stats["whitening"]
+    return loss, (metrics, stats)
 
 
 def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -134,7 +165,7 @@ def _eval_batch(config, variables, images_u8, bits):
     xw = quantize(x + res)
     out = {"psnr": psnr(x, xw)}
     for name, xa in (("none", xw), ("jpeg80", attacks.jpeg(xw, 80)), ("jpeg50", attacks.jpeg(xw, 50))):
-        logits, _ = extractor_logits(config, variables["extractor"], xa)
+        logits, _ = extractor_logits(config, variables["extractor"], xa, whitening=variables.get("whitening"))
         out[f"bit_acc_{name}"] = jnp.mean((logits > 0) == (bits > 0))
     return out
 
@@ -163,7 +194,12 @@ def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str |
                              f"(differences: {_diff(saved, config_to_dict(config))})")
     config_path.write_text(json.dumps(config_to_dict(config), indent=1))
     train_src, val_src = image_source(data, "train"), image_source(data, "val")
-    state = create_state(config, init=init)
+    whitening = None
+    if config.whiten:
+        if init is None:
+            raise ValueError("whiten=true fine-tunes a trained model: pass init (the CLI's --init)")
+        whitening = init.variables.get("whitening") or fit_whitening_on(init, train_src, config.whiten_samples)
+    state = create_state(config, init=init, whitening=whitening)
 
     def step_fn(state, batch):
         return train_step(config, batch["attack"], state, batch["images"], batch["bits"])

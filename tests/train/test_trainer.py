@@ -96,3 +96,23 @@ def test_data_parallel_step_equals_single_device():
     for x, y in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5)
     assert len(outs[1][0].params["encoder"]["Conv_0"]["kernel"].sharding.device_set) == 8
+
+
+def test_whitening_fine_tune_freezes_the_extractor_and_ships_the_whitening(tmp_path):
+    base = _tiny(steps=2, log_every=1, eval_every=0)
+    init = wt.model_from_state(base, wt.create_state(base))
+    config = base.replace(whiten=True, whiten_samples=64)
+    model = wt.train_and_evaluate(config, tmp_path, init=init, progress=False)
+    _leaves_equal(model.variables["extractor"], init.variables["extractor"])  # frozen
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(model.variables["encoder"]["params"]),
+                                                       jax.tree.leaves(init.variables["encoder"]["params"]))]
+    assert any(changed)
+    w = model.variables["whitening"]
+    assert w["w"].shape == (48, 48) and w["b"].shape == (48,)
+    # the whitening is the one fitted on clean training tiles, and it is saved with the model
+    want = wt.fit_whitening_on(init, wt.image_source(None, "train"), 64)
+    np.testing.assert_allclose(np.asarray(w["w"]), np.asarray(want["w"]), rtol=1e-5, atol=1e-5)
+    loaded = wt.load_model(tmp_path / "model")
+    np.testing.assert_array_equal(np.asarray(loaded.variables["whitening"]["b"]), np.asarray(w["b"]))
+    with pytest.raises(ValueError, match="pass init"):
+        wt.train_and_evaluate(config, tmp_path / "other", progress=False)

@@ -141,7 +141,7 @@ def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, plac
     imgs = _check_images(images)
     full = config.full_image if full_image is None else full_image
     read = None if full else (tile or config.tile)
-    placement = placement or ("fixed" if config.placement == "fixed" else config.placement)
+    placement = placement or config.placement
     key = jax.random.key(0) if key is None else key
     if isinstance(imgs, np.ndarray):
         return np.asarray(_extract_same_size(config, model.variables, jnp.asarray(imgs), read, placement, key))

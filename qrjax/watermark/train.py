@@ -8,6 +8,7 @@ minimise bit BCE + lambda_image * image loss (+ lambda_ecc * ECC-aware loss). Al
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 from pathlib import Path
@@ -218,14 +219,10 @@ def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str |
 
 
 def config_to_dict(config: WatermarkConfig) -> dict:
-    import dataclasses
-
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def config_from_dict(d: dict) -> WatermarkConfig:
-    import dataclasses
-
     fields = {f.name: f for f in dataclasses.fields(WatermarkConfig)}
     unknown = set(d) - set(fields)
     if unknown:

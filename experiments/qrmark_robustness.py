@@ -31,10 +31,11 @@ import numpy as np
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-from qrjax import bench
+from qrjax import bench, tiling
 from qrjax.data import bundled_source
 from qrjax.ecc import get_code
 from qrjax.watermark import WatermarkModel, attacks, detect, embed, extract, get_config, load_pretrained
+from qrjax.watermark.embed import psnr
 from qrjax.watermark.model import init_variables
 from qrjax.watermark.train import load_model
 
@@ -51,11 +52,6 @@ ABLATION_ATTACKS = ("none", "jpeg80", "crop50", "blur2", "resize50")
 def eval_images(n: int, size: int, seed: int = 2024) -> np.ndarray:
     src = bundled_source("val", area=(0.15, 1.0))
     return src.sample(np.random.default_rng(seed), size, n)
-
-
-def psnr(a, b) -> np.ndarray:
-    mse = np.mean((a.astype(np.float64) - b) ** 2, axis=(1, 2, 3))
-    return 10 * np.log10(255**2 / np.maximum(mse, 1e-12))
 
 
 def ssim(a, b) -> np.ndarray:
@@ -106,8 +102,8 @@ def run(args) -> dict:
         if cache_key not in marked_cache:
             marked_cache[cache_key] = embed(model, images, keys)
         marked = marked_cache[cache_key]
-        quality[row] = {"psnr": float(np.mean(psnr(images, marked))), "psnr_min": float(np.min(psnr(images, marked))),
-                        "ssim": float(np.mean(ssim(images, marked)))}
+        p = np.asarray(psnr(images, marked, 255.0))
+        quality[row] = {"psnr": float(p.mean()), "psnr_min": float(p.min()), "ssim": float(np.mean(ssim(images, marked)))}
         table[row] = {}
         for i, name in enumerate(attacks.EVAL_ATTACKS):
             logits = extract(model, attacked(name, marked), key=jax.random.key(100 + i))
@@ -117,8 +113,7 @@ def run(args) -> dict:
 
     # FPR on clean images: every grid tile of every unwatermarked image, against random keys.
     tile = tiled.config.tile
-    clean_tiles = images.reshape(n, size // tile, tile, size // tile, tile, 3).transpose(0, 1, 3, 2, 4, 5)
-    clean_tiles = clean_tiles.reshape(-1, tile, tile, 3)
+    clean_tiles = np.asarray(tiling.extract_grid(images, tiling.grid(size, size, tile))).reshape(-1, tile, tile, 3)
     clean_logits = np.concatenate([extract(tiled, clean_tiles[i:i + 512], placement="fixed")
                                    for i in range(0, len(clean_tiles), 512)])
     neg_keys = rng.integers(0, 2, (args.fpr_keys, tiled.config.bits))

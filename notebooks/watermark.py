@@ -22,9 +22,11 @@
 import jax
 import numpy as np
 
+from qrjax import tiling
 from qrjax.data import bundled_images
 from qrjax.ecc import get_code
 from qrjax.watermark import attacks, detect, embed, extract, load_pretrained
+from qrjax.watermark.embed import psnr
 
 model = load_pretrained("cpu")
 code = get_code("qrmark-bch")
@@ -42,8 +44,7 @@ payload = np.array([int(b) for b in format(0xC0FFEE11, "032b")], np.uint8)
 bits = np.asarray(code.encode(payload[None]))[0]
 marked = embed(model, images, bits)
 for name, src, dst in zip(("grace_hopper", "coffee crop"), images, marked):
-    mse = np.mean((dst.astype(float) - src) ** 2)
-    print(f"{name:13s} {src.shape} PSNR {10 * np.log10(255 ** 2 / mse):.1f} dB")
+    print(f"{name:13s} {src.shape} PSNR {float(psnr(src[None], dst[None], 255.0)[0]):.1f} dB")
 
 # %% [markdown]
 # ## Attack, extract one tile, decode
@@ -67,7 +68,7 @@ for name in ("none", "jpeg80", "crop50", "blur2", "brightness1.5"):
 # Binomial(48, 1/2) p-value a valid false-positive rate.
 
 # %%
-clean = np.stack([photos["grace_hopper"][y:y + 64, x:x + 64] for y in range(0, 512, 64) for x in range(0, 512, 64)])
+clean = np.asarray(tiling.extract_grid(photos["grace_hopper"][None, :512, :512], tiling.grid(512, 512, 64)))[0]
 clean_logits = extract(model, clean, placement="fixed")
 print(detect.bit_statistics(clean_logits))
 keys = np.random.default_rng(0).integers(0, 2, (50, 48))

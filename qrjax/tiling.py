@@ -100,12 +100,19 @@ def extract(images: jax.Array, origins: jax.Array, tile: int) -> jax.Array:
         images, origins)
 
 
+def _cell_indices(g: TileGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every pixel of every cell: two int32[len(g), tile, tile] (static, host-side)."""
+    o = g.origins()
+    r = np.arange(g.tile, dtype=np.int32)
+    ys = np.broadcast_to(o[:, 0, None, None] + r[None, :, None], (len(o), g.tile, g.tile))
+    xs = np.broadcast_to(o[:, 1, None, None] + r[None, None, :], (len(o), g.tile, g.tile))
+    return ys, xs
+
+
 def extract_grid(images: jax.Array, g: TileGrid) -> jax.Array:
-    """images: [B, H, W, C] -> every cell of g: [B, len(g), tile, tile, C]."""
-    origins = jnp.asarray(g.origins())
-    cut = jax.vmap(lambda o: jax.lax.dynamic_slice(images, (0, o[0], o[1], 0),
-                                                    (images.shape[0], g.tile, g.tile, images.shape[-1])))
-    return jnp.moveaxis(cut(origins), 0, 1)
+    """images: [B, H, W, C] -> every cell of g: [B, len(g), tile, tile, C] (one gather)."""
+    ys, xs = _cell_indices(g)
+    return images[:, ys, xs]
 
 
 def stitch(tiles: jax.Array, g: TileGrid, weights: jax.Array | None = None) -> jax.Array:
@@ -118,9 +125,7 @@ def stitch(tiles: jax.Array, g: TileGrid, weights: jax.Array | None = None) -> j
     if n != len(g) or t != g.tile:
         raise ValueError(f"stitch: got {n} tiles of {t} px for a grid of {len(g)} tiles of {g.tile} px")
     w = jnp.ones((t, t), tiles.dtype) if weights is None else weights.astype(tiles.dtype)
-    acc = jnp.zeros((b, g.height, g.width, c), tiles.dtype)
-    norm = jnp.zeros((g.height, g.width), tiles.dtype)
-    for i, (y, x) in enumerate(g.origins()):  # static loop over grid cells (a handful), not over the batch
-        acc = acc.at[:, y:y + t, x:x + t].add(tiles[:, i] * w[None, :, :, None])
-        norm = norm.at[y:y + t, x:x + t].add(w)
+    ys, xs = _cell_indices(g)
+    acc = jnp.zeros((b, g.height, g.width, c), tiles.dtype).at[:, ys, xs].add(tiles * w[None, None, :, :, None])
+    norm = jnp.zeros((g.height, g.width), tiles.dtype).at[ys, xs].add(jnp.broadcast_to(w, (n, t, t)))
     return acc / norm[None, :, :, None]

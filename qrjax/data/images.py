@@ -104,8 +104,11 @@ class InMemorySource:
     def _get(self, index: int) -> np.ndarray:
         return self.images[index]
 
-    def sample(self, rng: np.random.Generator, size: int, n: int, *, augment: bool = True) -> np.ndarray:
-        """uint8[n, size, size, 3]: random crops (area fraction in self.area of the short side squared)."""
+    def sample(self, rng: np.random.Generator, size: int, n: int, *, augment: bool = True,
+               area: tuple[float, float] | None = None) -> np.ndarray:
+        """uint8[n, size, size, 3]: random crops covering a fraction `area` (default self.area) of the short side
+        squared."""
+        area = self.area if area is None else area
         out = np.empty((n, size, size, 3), np.uint8)
         for i in range(n):  # host-side loader: one crop per sample, outside any jitted code
             img = self._get(int(rng.integers(len(self))))
@@ -116,7 +119,7 @@ class InMemorySource:
                                                              max(size, round(h * size / m))), Image.BICUBIC))
                 h, w = img.shape[:2]
                 m = min(h, w)
-            side = _random_side(rng, m, size, self.area) if augment else m
+            side = _random_side(rng, m, size, area) if augment else m
             y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
             crop = img[y:y + side, x:x + side]
             if side != size:

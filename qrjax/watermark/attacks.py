@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from qrjax import tiling
+
 # ----------------------------------------------------------------------------------------------- training attacks
 
 
@@ -66,8 +68,6 @@ def crop_side(size: int, area_fraction: float) -> int:
 
 
 def random_crop(key: jax.Array, x: jax.Array, side: int) -> jax.Array:
-    from qrjax import tiling
-
     return tiling.extract(x, tiling.place(key, x.shape[0], x.shape[1], x.shape[2], side, "random"), side)
 
 

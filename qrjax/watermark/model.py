@@ -109,8 +109,7 @@ def to_model_range(images_u8_or_unit):
 def init_variables(config, key: jax.Array):
     """{'encoder': vars, 'extractor': vars} for a WatermarkConfig; each vars has 'params' and 'batch_stats'."""
     k_enc, k_ext = jax.random.split(key)
-    t = config.tile if not config.full_image else config.working_size
-    img = jnp.zeros((1, t, t, 3), jnp.float32)
+    img = jnp.zeros((1, config.read_size, config.read_size, 3), jnp.float32)
     bits = jnp.zeros((1, config.bits), jnp.int32)
     return {
         "encoder": encoder_module(config).init(k_enc, img, bits, train=False),

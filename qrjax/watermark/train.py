@@ -24,7 +24,7 @@ from qrjax.data import image_source
 from qrjax.ecc import get_code
 from qrjax.watermark import attacks, detect, losses
 from qrjax.watermark.config import WatermarkConfig
-from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, quantize
+from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, psnr, quantize
 from qrjax.watermark.model import init_variables
 
 # Area fraction of the source image a training crop covers: whole-image-sized crops for the full-image baseline,
@@ -69,8 +69,7 @@ def fit_whitening_on(model: WatermarkModel, source, n: int, seed: int = 4321) ->
     """Whitening fitted on the extractor's logits of n clean tiles (or images) drawn from `source`."""
     config = model.config
     side = config.working_size if config.full_image else config.tile
-    source.area = crop_area(config, side)
-    images = source.sample(np.random.default_rng(seed), side, n)
+    images = source.sample(np.random.default_rng(seed), side, n, area=crop_area(config, side))
     logits = np.concatenate([np.asarray(extractor_logits(config, model.variables["extractor"],
                                                          jnp.asarray(images[i:i + 512], jnp.float32) / 255.0)[0])
                              for i in range(0, n, 512)])
@@ -110,7 +109,7 @@ def loss_fn(params, batch_stats, config: WatermarkConfig, attack, images_u8, bit
     loss = config.lambda_bits * l_bits + config.lambda_image * l_img
     metrics = {"loss": loss, "bit_loss": l_bits, "image_loss": l_img,
                "bit_acc": jnp.mean((logits > 0) == (bits > 0)),
-               "psnr": psnr(x, xw)}
+               "psnr": jnp.mean(psnr(x, xw))}
     if config.lambda_ecc:
         code = get_code(config.ecc_code)
         l_ecc = losses.ecc_loss(logits, bits, code.code.symbol_bits, code.code.t)
@@ -120,12 +119,6 @@ def loss_fn(params, batch_stats, config: WatermarkConfig, attack, images_u8, bit
     if "whitening" in batch_stats:
         stats["whitening"] = batch_stats["whitening"]
     return loss, (metrics, stats)
-
-
-def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean over the batch of per-image PSNR (dB) between images in [0, 1]."""
-    mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
-    return jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12)))
 
 
 @partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
@@ -138,11 +131,11 @@ def train_step(config: WatermarkConfig, attack, state: trainer.TrainState, image
 
 
 def make_batch_fn(config: WatermarkConfig, source):
-    source.area = crop_area(config, config.read_size)
+    area = crop_area(config, config.read_size)
 
     def batch_fn(step: int) -> dict:
         rng = np.random.default_rng([config.seed, step])
-        images = source.sample(rng, config.read_size, config.batch_size)
+        images = source.sample(rng, config.read_size, config.batch_size, area=area)
         bits = rng.integers(0, 2, (config.batch_size, config.bits), dtype=np.int32)
         return {"images": images, "bits": bits, "attack": attacks.draw(rng, config, step)}
 
@@ -155,8 +148,7 @@ def validation_set(config: WatermarkConfig, source, n: int | None = None, seed: 
     n = n or config.eval_images
     rng = np.random.default_rng(seed)
     side = config.working_size if config.full_image else config.tile
-    source.area = crop_area(config, side)
-    return source.sample(rng, side, n), rng.integers(0, 2, (n, config.bits), dtype=np.int32)
+    return source.sample(rng, side, n, area=crop_area(config, side)), rng.integers(0, 2, (n, config.bits), dtype=np.int32)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -164,7 +156,7 @@ def _eval_batch(config, variables, images_u8, bits):
     x = images_u8.astype(jnp.float32) / 255.0
     res, _ = encoder_residual(config, variables["encoder"], x, bits)
     xw = quantize(x + res)
-    out = {"psnr": psnr(x, xw)}
+    out = {"psnr": jnp.mean(psnr(x, xw))}
     for name, xa in (("none", xw), ("jpeg80", attacks.jpeg(xw, 80)), ("jpeg50", attacks.jpeg(xw, 50))):
         logits, _ = extractor_logits(config, variables["extractor"], xa, whitening=variables.get("whitening"))
         out[f"bit_acc_{name}"] = jnp.mean((logits > 0) == (bits > 0))

@@ -12,9 +12,10 @@
 #
 # A model hides a 48-bit BCH(48, 36) codeword (32 payload bits) in an image; detection reads a single tile of the
 # 256-pixel working image instead of the whole image, and the error-correcting code repairs the bit errors that
-# tiling and image edits cause. The shipped `cpu` model reads one 16-pixel tile (1/256 of the extractor work). It
-# is far from the accuracy the code needs (about 0.80 of the bits right on clean images, chance after JPEG); see the
-# README. This notebook shows the workflow and measures exactly that.
+# tiling and image edits cause. The shipped `cpu` model reads one 64-pixel tile (1/16 of the extractor work) cut on
+# the embedding grid. On held-out images it gets about 0.99 of the bits right without an attack and about 0.75
+# after JPEG 80, which is not enough for the code to repair: see the
+# README. This notebook shows the workflow and measures it.
 #
 # Runs in under a minute on a CPU: `python notebooks/watermark.py`.
 
@@ -61,6 +62,19 @@ for name in ("none", "jpeg80", "crop50", "blur2", "brightness1.5"):
     ok = bool(np.all(np.asarray(soft.payload)[0] == payload))
     print(f"{name:14s} bits right {int(m[0])}/48  p={float(p[0]):.1e}  detected={bool(found[0])}  "
           f"hard ok={bool(hard.ok[0])}  chase payload right={ok}")
+
+# %% [markdown]
+# ## Informed embedding
+# The encoder cannot see how its carriers collide with one particular image; a few gradient steps on the residual
+# against the extractor can (`refine_steps`, same peak amplitude). Bits right over every grid tile of the coffee crop:
+
+# %%
+for steps in (0, 20):
+    refined = embed(model, [images[1]], bits, refine_steps=steps)[0]
+    cells = np.asarray(tiling.extract_grid(refined[None], tiling.grid(256, 256, 64)))[0]
+    right = (extract(model, cells, placement="fixed") > 0) == bits
+    print(f"refine_steps={steps:2d}  PSNR {float(psnr(images[1][None], refined[None], 255.0)[0]):.1f} dB  "
+          f"bit accuracy over {len(cells)} tiles {right.mean():.4f}")
 
 # %% [markdown]
 # ## Clean images look like fair coins

@@ -26,16 +26,17 @@ def test_ecc_throughput_smoke(tmp_path):
 
 def test_qrmark_robustness_smoke(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "qrmark_robustness.py"), "--smoke", "--n-images", "6",
-           "--fpr-keys", "5", "--out", str(tmp_path)]
+           "--fpr-keys", "5", "--fpr-keys-tail", "50", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "qrmark_robustness.json").read_text())
-    assert list(result["table"]) == ["a", "b", "c", "d"]
+    assert list(result["table"]) == ["a", "b", "br", "c", "d"]
     from qrjax.watermark.attacks import EVAL_ATTACKS
 
     for row in result["table"].values():
         assert list(row) == list(EVAL_ATTACKS)
         assert all(0 <= v[m] <= 1 for v in row.values() for m in ("bit_acc", "word_acc", "tpr"))
     assert result["clean_fpr"]["tiles"] == 6 * 16 and set(result["tile_ablation"]) == {"8", "16"}
+    assert result["clean_fpr"]["trials_at_1e-6"] == 6 * 16 * 50
     assert (tmp_path / "qrmark_robustness.md").read_text().startswith("# QRMark robustness")
     assert (tmp_path / "qrmark_robustness.png").stat().st_size > 0

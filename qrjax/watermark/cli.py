@@ -72,7 +72,7 @@ def cmd_embed(args) -> int:
     images, results = _load_all(args.images)
     for i, img in images.items():
         try:
-            marked = embed(model, img[None], bits, strength=args.strength)[0]
+            marked = embed(model, img[None], bits, strength=args.strength, refine_steps=args.refine_steps)[0]
             dest = out_dir / (Path(args.images[i]).stem + ".png")
             Image.fromarray(marked).save(dest)
             results[i].update(output=str(dest), psnr=round(float(psnr(img[None], marked[None], 255.0)[0]), 2))
@@ -164,6 +164,8 @@ def register(systems) -> None:
     p.add_argument("--payload", required=True, help="payload as hex (8 digits for the 32-bit presets)")
     p.add_argument("--out", required=True, help="output folder (PNG)")
     p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help="embed-time refinement steps against the extractor (default: the model's refine_steps)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("extract", parents=[common], help="read and decode the payload of images")

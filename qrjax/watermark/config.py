@@ -18,6 +18,7 @@ class WatermarkConfig:
     extractor_blocks: int = 4  # HiDDeN depth: conv blocks before the final block to `bits` channels
     extractor_highpass: bool = True
     carrier_period: int = 16  # 0: plain HiDDeN message broadcast (the paper preset)
+    extractor_period: int = 0  # 0: HiDDeN pooling; p: periodic demodulation in phase with the tile grid
     # Geometry: images are brought to working_size, cut into tile x tile cells; the extractor reads one tile.
     working_size: int = 256
     tile: int = 64
@@ -26,6 +27,7 @@ class WatermarkConfig:
     train_tile: int = 16  # tile side the networks are trained on (fully convolutional: they read `tile` at test time)
     # Embedding: residual = strength * tanh(...), in [0, 1] pixel units, so PSNR >= -20 log10(strength).
     strength: float = 3.0 / 255.0
+    refine_steps: int = 0  # embed-time Adam steps on the residual against the extractor (embed.refine_residual)
     # Training curriculum: the mark starts strength_start_scale times stronger and shrinks linearly to `strength`
     # over strength_warmup_steps, so the extractor finds it before it becomes faint.
     strength_start_scale: float = 4.0
@@ -82,9 +84,17 @@ PRESETS: dict[str, WatermarkConfig] = {
                              optimizer="lamb",
                              learning_rate=2.5e-3, batch_size=64, steps=100_000, warmup_steps=2000,
                              checkpoint_every=2000, eval_every=2000, log_every=100, eval_images=256),
-    "cpu": WatermarkConfig(name="cpu"),
+    # Learned periodic carriers in the encoder and periodic demodulation in the extractor, in phase on the 64-pixel
+    # tile grid; trained on 64-pixel tiles. Crop, resized crop and flip are left out of the training distortions:
+    # they move the grid's phase, which this extractor reads and does not search for.
+    "cpu": WatermarkConfig(name="cpu", channels=16, encoder_blocks=2, extractor_blocks=2, carrier_period=16,
+                           extractor_period=16, tile=64, train_tile=64, batch_size=32, steps=3000,
+                           attacks=("identity", "blur", "color", "noise", "jpeg"),
+                           attack_weights=(2.0, 1.0, 1.0, 1.0, 3.0), attack_warmup_steps=300,
+                           strength_warmup_steps=600, warmup_steps=100, log_every=50, checkpoint_every=500,
+                           eval_every=250),
     "tiny": WatermarkConfig(name="tiny", bits=48, channels=8, encoder_blocks=1, extractor_blocks=1, working_size=32,
-                            tile=16, train_tile=16, carrier_period=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,
+                            tile=16, train_tile=16, carrier_period=8, extractor_period=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,
                             strength_warmup_steps=0, blur_kernel=5, log_every=1,
                             checkpoint_every=2, eval_every=2, eval_images=8),
 }

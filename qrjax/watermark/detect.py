@@ -133,12 +133,22 @@ def empirical_fpr(logits, keys, fprs=(1e-1, 1e-2, 1e-3)) -> list[dict]:
     return out
 
 
-def fit_whitening(logits) -> dict:
-    """Stable Signature's whitening: W = Lambda^(-1/2) V^T, b = -W mu from clean-image logits f32[B, L]
-    (covariance V Lambda V^T), so whitened clean logits have zero mean and identity covariance."""
+def fit_whitening(logits, form: str = "zca") -> dict:
+    """Whitening W, b from clean-image logits f32[B, L] (covariance V Lambda V^T), so that whitened clean logits
+    have zero mean and identity covariance (b = -W mu).
+
+    form "pca" is Stable Signature's W = Lambda^(-1/2) V^T: its outputs are the principal components, so each
+    whitened bit is a new mixture of the extractor's bits and the encoder must relearn the message layout.
+    form "zca" (default) is W = V Lambda^(-1/2) V^T, the whitening closest to the identity: whitened bits stay
+    aligned with the extractor's own, and a short encoder fine-tune suffices. (Measured: reading whole images with
+    the tile model, 200 encoder steps against a PCA whitening left bit accuracy at 0.44.)"""
+    if form not in ("zca", "pca"):
+        raise ValueError(f"form: expected 'zca' or 'pca', got {form!r}")
     y = np.asarray(logits, np.float64)
     mu = y.mean(0)
     cov = np.cov(y, rowvar=False)
     lam, v = np.linalg.eigh(cov)
     w = (v / np.sqrt(np.maximum(lam, 1e-12))).T
+    if form == "zca":
+        w = v @ w
     return {"w": jnp.asarray(w, jnp.float32), "b": jnp.asarray(-w @ mu, jnp.float32)}

@@ -2,7 +2,8 @@
 
 embed: the image is resized to working_size x working_size, cut into the tile grid, each tile gets its residual from the
 encoder (the same payload in every tile), the residual is stitched, upsampled back to the original size and added;
-the result is rounded to uint8 (TrustMark's resolution-agnostic recipe, QRMark's tile grid).
+the result is rounded to uint8 (TrustMark's resolution-agnostic recipe, QRMark's tile grid). Optionally the residual
+is first refined at working size by gradient steps against the extractor (informed embedding, `refine_residual`).
 extract: the inverse geometry: an image at least working_size on both sides is resized to working_size x working_size
 (where embed computed the residual); a smaller one (a crop, a downscaled copy) is read at its own scale; then the
 extractor reads one tile (or the whole image for the full-image baseline).
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from qrjax import tiling
 from qrjax.watermark.config import WatermarkConfig
@@ -64,12 +66,13 @@ def quantize(x: jax.Array) -> jax.Array:
     return (y + jax.lax.stop_gradient(jnp.round(y) - y)) / 255.0
 
 
-@partial(jax.jit, static_argnums=0)
-def _embed_same_size(config: WatermarkConfig, enc_vars, images_u8, bits, strength_scale):
+@partial(jax.jit, static_argnums=(0, 5))
+def _embed_same_size(config: WatermarkConfig, variables, images_u8, bits, strength_scale, refine_steps: int):
     b, h, w, _ = images_u8.shape
     x = images_u8.astype(jnp.float32) / 255.0
     s = config.working_size
     work = jax.image.resize(x, (b, s, s, 3), "linear", antialias=True) if (h, w) != (s, s) else x
+    enc_vars = variables["encoder"]
     if config.full_image:
         res, _ = encoder_residual(config, enc_vars, work, bits)
     else:
@@ -77,9 +80,48 @@ def _embed_same_size(config: WatermarkConfig, enc_vars, images_u8, bits, strengt
         tiles = tiling.extract_grid(work, g).reshape(b * len(g), config.tile, config.tile, 3)
         res, _ = encoder_residual(config, enc_vars, tiles, jnp.repeat(bits, len(g), axis=0))
         res = tiling.stitch(res.reshape(b, len(g), config.tile, config.tile, 3), g)
+    amplitude = strength_scale * config.strength
+    if refine_steps:
+        res = refine_residual(config, variables, work, res / config.strength, bits, amplitude, refine_steps)
+    else:
+        res = strength_scale * res
     if (h, w) != (s, s):
         res = jax.image.resize(res, (b, h, w, 3), "linear")
-    return jnp.round(jnp.clip(x + strength_scale * res, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return jnp.round(jnp.clip(x + res, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def refine_residual(config: WatermarkConfig, variables, work, unit_residual, bits, amplitude, steps: int,
+                    learning_rate: float = 0.3):
+    """Informed embedding: a few Adam steps on the encoder's residual against the extractor's loss.
+
+    work: f32[B, S, S, 3] working-size images; unit_residual: the encoder's output in [-1, 1]. The residual stays
+    amplitude * tanh(u) (the same peak bound as the encoder's), u starts at the encoder's output and descends the
+    bit BCE of what detection reads: every grid tile (or the whole image for the full-image baseline), through the
+    whitening when the model has one. The encoder cannot see how its carriers collide with this particular image;
+    the gradient can, and cancels that interference (optimisation-based embedding, as in Fernandez et al. 2022,
+    "Watermarking images in self-supervised latent spaces"). Returns the residual f32[B, S, S, 3]."""
+    b, s = work.shape[0], work.shape[1]
+    g = None if config.full_image else tiling.grid(s, s, config.tile)
+    sign = 2.0 * bits.astype(jnp.float32) - 1.0
+    if g is not None:
+        sign = jnp.repeat(sign, len(g), axis=0)
+
+    def loss(u):
+        xw = jnp.clip(work + amplitude * jnp.tanh(u), 0.0, 1.0)
+        read = xw if g is None else tiling.extract_grid(xw, g).reshape(b * len(g), config.tile, config.tile, 3)
+        logits, _ = extractor_logits(config, variables["extractor"], read, whitening=variables.get("whitening"))
+        return jnp.mean(jax.nn.softplus(-sign * logits))
+
+    opt = optax.adam(learning_rate)
+
+    def step(carry, _):
+        u, opt_state = carry
+        updates, opt_state = opt.update(jax.grad(loss)(u), opt_state, u)
+        return (optax.apply_updates(u, updates), opt_state), None
+
+    u0 = jnp.arctanh(jnp.clip(unit_residual, -0.99, 0.99))
+    (u, _), _ = jax.lax.scan(step, (u0, opt.init(u0)), None, length=steps)
+    return amplitude * jnp.tanh(u)
 
 
 def _check_images(images, name="images") -> list[np.ndarray] | np.ndarray:
@@ -97,11 +139,13 @@ def _check_images(images, name="images") -> list[np.ndarray] | np.ndarray:
     return out
 
 
-def embed(model: WatermarkModel, images, payload_bits, *, strength: float = 1.0):
+def embed(model: WatermarkModel, images, payload_bits, *, strength: float = 1.0, refine_steps: int | None = None):
     """Watermark images with payload_bits.
 
     images: uint8[B, H, W, 3] (or a list of uint8[H, W, 3] of different sizes); payload_bits: {0,1}[B, bits] or
-    [bits] for all. strength scales the trained residual (1.0 = as trained). Returns uint8 of the same shape(s).
+    [bits] for all. strength scales the trained residual (1.0 = as trained). refine_steps (default
+    config.refine_steps; 0 = the encoder's residual as it is) refines the residual against the extractor, see
+    refine_residual. Returns uint8 of the same shape(s).
     """
     config = model.config
     imgs = _check_images(images)
@@ -111,11 +155,14 @@ def embed(model: WatermarkModel, images, payload_bits, *, strength: float = 1.0)
     if bits.shape != (len(imgs), config.bits) or not np.all((bits == 0) | (bits == 1)):
         raise ValueError(f"payload_bits: expected 0/1 bits of shape ({len(imgs)}, {config.bits}) or ({config.bits},), "
                          f"got shape {bits.shape}")
+    steps = config.refine_steps if refine_steps is None else int(refine_steps)
+    if steps < 0:
+        raise ValueError(f"refine_steps: expected >= 0, got {steps}")
     bits = jnp.asarray(bits, jnp.int32)
-    enc = model.variables["encoder"]
+    v = model.variables
     if isinstance(imgs, np.ndarray):
-        return np.asarray(_embed_same_size(config, enc, jnp.asarray(imgs), bits, strength))
-    return [np.asarray(_embed_same_size(config, enc, jnp.asarray(im[None]), bits[i:i + 1], strength))[0]
+        return np.asarray(_embed_same_size(config, v, jnp.asarray(imgs), bits, strength, steps))
+    return [np.asarray(_embed_same_size(config, v, jnp.asarray(im[None]), bits[i:i + 1], strength, steps))[0]
             for i, im in enumerate(imgs)]
 
 
@@ -149,6 +196,10 @@ def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, plac
     full = config.full_image if full_image is None else full_image
     read = None if full else (tile or config.tile)
     placement = placement or config.placement
+    if read is not None and placement == "random" and config.extractor_period:
+        raise ValueError(f"placement 'random': this model demodulates the carrier's phase (extractor_period="
+                         f"{config.extractor_period}) and must read a tile on the embedding grid; use 'fixed' or "
+                         "'random_grid'")
     key = jax.random.key(0) if key is None else key
     if isinstance(imgs, np.ndarray):
         return np.asarray(_extract_same_size(config, model.variables, jnp.asarray(imgs), read, placement, key))

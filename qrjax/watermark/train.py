@@ -191,7 +191,11 @@ def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str |
     if config.whiten:
         if init is None:
             raise ValueError("whiten=true fine-tunes a trained model: pass init (the CLI's --init)")
-        whitening = init.variables.get("whitening") or fit_whitening_on(init, train_src, config.whiten_samples)
+        # the init model's whitening holds only for what it was fitted on: refit it when this run reads differently
+        same_read = (init.config.full_image, init.config.tile) == (config.full_image, config.tile)
+        whitening = init.variables.get("whitening") if same_read else None
+        if whitening is None:
+            whitening = fit_whitening_on(WatermarkModel(config, init.variables), train_src, config.whiten_samples)
     state = create_state(config, init=init, whitening=whitening)
 
     def step_fn(state, batch):

@@ -116,3 +116,11 @@ def test_whitening_fine_tune_freezes_the_extractor_and_ships_the_whitening(tmp_p
     np.testing.assert_array_equal(np.asarray(loaded.variables["whitening"]["b"]), np.asarray(w["b"]))
     with pytest.raises(ValueError, match="pass init"):
         wt.train_and_evaluate(config, tmp_path / "other", progress=False)
+    # a whitened model fine-tuned to read whole images keeps its whitening only if it read whole images before
+    full = config.replace(full_image=True, steps=1)
+    refit = wt.train_and_evaluate(full, tmp_path / "full", init=model, progress=False).variables["whitening"]
+    want = wt.fit_whitening_on(wt.WatermarkModel(full, model.variables), wt.image_source(None, "train"), 64)
+    np.testing.assert_allclose(np.asarray(refit["w"]), np.asarray(want["w"]), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(refit["w"]), np.asarray(w["w"]))
+    kept = wt.train_and_evaluate(config.replace(steps=1), tmp_path / "again", init=model, progress=False)
+    np.testing.assert_array_equal(np.asarray(kept.variables["whitening"]["w"]), np.asarray(w["w"]))

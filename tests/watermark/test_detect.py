@@ -64,10 +64,20 @@ def test_whitening_makes_biased_correlated_logits_fair(rng):
     mix = rng.normal(size=(8, 8))
     logits = rng.normal(size=(20000, 8)) @ mix + 3.0
     assert detect.bit_statistics(logits)["max_abs_freq_dev"] > 0.3
-    w = detect.fit_whitening(logits)
-    white = logits @ np.asarray(w["w"]).T + np.asarray(w["b"])
-    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(8), atol=1e-3)
-    np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)
+    for form in ("zca", "pca"):
+        w = detect.fit_whitening(logits, form)
+        white = logits @ np.asarray(w["w"]).T + np.asarray(w["b"])
+        np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(8), atol=1e-3)
+        np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)
+    # ZCA is the symmetric inverse square root of the covariance: independent bits are only rescaled, never mixed
+    w = np.asarray(detect.fit_whitening(logits)["w"], np.float64)
+    np.testing.assert_allclose(w, w.T, atol=1e-5)
+    np.testing.assert_allclose(w @ np.cov(logits, rowvar=False) @ w, np.eye(8), atol=1e-3)
+    indep = rng.normal(size=(20000, 4)) * np.array([1.0, 2.0, 3.0, 4.0]) + 1.0
+    wi = np.asarray(detect.fit_whitening(indep)["w"])
+    np.testing.assert_allclose(wi, np.diag(1 / indep.std(0, ddof=1)), atol=3e-3)
+    with pytest.raises(ValueError, match="form: expected"):
+        detect.fit_whitening(logits, "svd")
 
 
 def test_ecc_false_accept_bound_by_brute_force():

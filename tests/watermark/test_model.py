@@ -69,7 +69,20 @@ def test_carrier_texture_is_periodic_from_the_tile_origin(tiny):
     params = jax.tree.map(lambda a: a, v["encoder"])
     p = config.carrier_period
     carrier = np.asarray(params["params"]["carrier"])
-    assert carrier.shape == (p, p, config.channels)
+    assert carrier.shape == (p, p, config.bits, config.channels)
     r = np.asarray(enc.apply(params, x, jnp.ones((1, config.bits), jnp.int32)))
     # on a blank image away from the zero-padded border, the residual repeats every p pixels
     np.testing.assert_allclose(r[0, 4:12, 4:12], r[0, 4 + p:12 + p, 4 + p:12 + p], atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (24, 40), (13, 29)])
+def test_periodic_demodulation_is_the_mean_of_features_times_the_tiled_pattern(rng, h, w):
+    from qrjax.watermark.model import fold_mean
+
+    p, c, k = 8, 3, 5
+    x = rng.normal(size=(2, h, w, c)).astype(np.float32)
+    pattern = rng.normal(size=(p, p, c, k)).astype(np.float32)
+    tiled = np.tile(pattern, (-(-h // p), -(-w // p), 1, 1))[:h, :w]  # from the origin, cut at the far edges
+    want = np.einsum("bhwc,hwck->bk", x, tiled) / (h * w)
+    np.testing.assert_allclose(np.asarray(fold_mean(jnp.asarray(x), p, jnp.asarray(pattern))), want, rtol=1e-5,
+                               atol=1e-6)

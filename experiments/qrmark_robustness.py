@@ -122,18 +122,15 @@ def run(args) -> dict:
     clean_logits = np.concatenate([extract(tiled, clean_tiles[i:i + 512], placement="fixed")
                                    for i in range(0, len(clean_tiles), 512)])
     neg_keys = rng.integers(0, 2, (args.fpr_keys, tiled.config.bits))
-    tau = detect.threshold(tiled.config.bits, FPR)
-    # FPR 1e-6 needs tens of millions of trials: many more random keys, matched in chunks.
+    # FPR 1e-6 needs tens of millions of trials: many more random keys.
     tail_keys = rng.integers(0, 2, (args.fpr_keys_tail, tiled.config.bits))
-    hits = sum(int(np.sum(np.asarray(detect.matches(clean_logits[:, None, :], tail_keys[None, i:i + 1000])) >= tau))
-               for i in range(0, len(tail_keys), 1000))
-    trials = len(clean_logits) * len(tail_keys)
+    tail = detect.empirical_fpr(clean_logits, tail_keys, fprs=(FPR,))[0]
     fpr = {"tiles": int(len(clean_logits)), "keys": int(args.fpr_keys),
            "bit_statistics": detect.bit_statistics(clean_logits),
            "thresholds": detect.empirical_fpr(clean_logits, neg_keys, fprs=(1e-1, 1e-2, 1e-3, 1e-4)),
-           "keys_at_1e-6": int(len(tail_keys)), "trials_at_1e-6": int(trials),
-           "detections_at_1e-6": hits,
-           "expected_at_1e-6": float(trials * detect.p_value(tau, tiled.config.bits)),
+           "keys_at_1e-6": int(len(tail_keys)), "trials_at_1e-6": tail["trials"],
+           "detections_at_1e-6": tail["detections"],
+           "expected_at_1e-6": tail["theory_fpr"] * tail["trials"],
            "ecc_false_accept_hard": detect.ecc_false_accept(code, "hard"),
            "ecc_false_accept_chase4": detect.ecc_false_accept(code, "chase", chase_bits=4)}
     full_clean = extract(full, images)

@@ -21,6 +21,7 @@ import optax
 
 from qrjax import tiling
 from qrjax.watermark.config import WatermarkConfig
+from qrjax.watermark.losses import bit_loss
 from qrjax.watermark.model import encoder_module, extractor_module, to_model_range
 
 
@@ -102,15 +103,13 @@ def refine_residual(config: WatermarkConfig, variables, work, unit_residual, bit
     "Watermarking images in self-supervised latent spaces"). Returns the residual f32[B, S, S, 3]."""
     b, s = work.shape[0], work.shape[1]
     g = None if config.full_image else tiling.grid(s, s, config.tile)
-    sign = 2.0 * bits.astype(jnp.float32) - 1.0
-    if g is not None:
-        sign = jnp.repeat(sign, len(g), axis=0)
+    target = bits if g is None else jnp.repeat(bits, len(g), axis=0)
 
     def loss(u):
         xw = jnp.clip(work + amplitude * jnp.tanh(u), 0.0, 1.0)
         read = xw if g is None else tiling.extract_grid(xw, g).reshape(b * len(g), config.tile, config.tile, 3)
         logits, _ = extractor_logits(config, variables["extractor"], read, whitening=variables.get("whitening"))
-        return jnp.mean(jax.nn.softplus(-sign * logits))
+        return bit_loss(logits, target)
 
     opt = optax.adam(learning_rate)
 
@@ -196,10 +195,13 @@ def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, plac
     full = config.full_image if full_image is None else full_image
     read = None if full else (tile or config.tile)
     placement = placement or config.placement
-    if read is not None and placement == "random" and config.extractor_period:
+    period = config.extractor_period
+    if read is not None and period and placement == "random":
         raise ValueError(f"placement 'random': this model demodulates the carrier's phase (extractor_period="
-                         f"{config.extractor_period}) and must read a tile on the embedding grid; use 'fixed' or "
-                         "'random_grid'")
+                         f"{period}) and must read a tile on the embedding grid; use 'fixed' or 'random_grid'")
+    if read is not None and period and read % period:
+        raise ValueError(f"tile {read}: this model demodulates the carrier's phase (extractor_period={period}); "
+                         f"grid tiles stay in phase only when the tile is a multiple of {period}")
     key = jax.random.key(0) if key is None else key
     if isinstance(imgs, np.ndarray):
         return np.asarray(_extract_same_size(config, model.variables, jnp.asarray(imgs), read, placement, key))

@@ -60,6 +60,16 @@ def test_empirical_fpr_of_fair_coins_matches_theory(rng):
     assert stats["max_abs_freq_dev"] < 0.04 and stats["max_abs_corr"] < 0.1
 
 
+def test_empirical_fpr_counts_every_pair_when_keys_are_chunked(rng):
+    logits = rng.normal(size=(2000, 48))  # 2^24 / (2000 * 48) -> 174 keys a chunk: 500 keys take 3 chunks
+    keys = rng.integers(0, 2, (500, 48))
+    agree = ((logits[:, None, :] > 0) == (keys[None] > 0)).sum(-1)  # brute force, one pass
+    for row in detect.empirical_fpr(logits, keys, fprs=(1e-1, 1e-2, 1e-4)):
+        assert row["trials"] == 2000 * 500
+        assert row["detections"] == int(np.sum(agree >= row["tau"]))
+        assert row["measured_fpr"] == row["detections"] / row["trials"]
+
+
 def test_whitening_makes_biased_correlated_logits_fair(rng):
     mix = rng.normal(size=(8, 8))
     logits = rng.normal(size=(20000, 8)) @ mix + 3.0

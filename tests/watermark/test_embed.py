@@ -65,6 +65,8 @@ def test_refinement_lowers_the_extractor_loss_within_the_same_peak_bound(tiny_mo
         embed(tiny_model, batch, bits, refine_steps=-1)
     with pytest.raises(ValueError, match="placement 'random': this model demodulates"):
         extract(tiny_model, batch, placement="random")
+    with pytest.raises(ValueError, match="tile 12: this model demodulates"):
+        extract(tiny_model, batch, tile=12)
 
 
 def test_embed_rejects_bad_input(tiny_model, photos):

@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     systems = parser.add_subparsers(dest="system", required=True, metavar="SYSTEM")
     ecc_cli.register(systems)
     watermark_cli.register(systems)
+    watermark_cli.register_demo(systems.add_parser("demo", help="the main job: QRMark detection demo (make demo)"))
     return parser
 
 

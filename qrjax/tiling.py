@@ -129,3 +129,64 @@ def stitch(tiles: jax.Array, g: TileGrid, weights: jax.Array | None = None) -> j
     acc = jnp.zeros((b, g.height, g.width, c), tiles.dtype).at[:, ys, xs].add(tiles * w[None, None, :, :, None])
     norm = jnp.zeros((g.height, g.width), tiles.dtype).at[ys, xs].add(jnp.broadcast_to(w, (n, t, t)))
     return acc / norm[None, :, :, None]
+
+
+# --- Resampling geometry: which source pixels one tile of a resized image reads, and with which weights. ---------
+
+def read_shape(height: int, width: int, working: int, tile: int | None) -> tuple[int, int]:
+    """Shape at which a detector reads an image of (height, width): the working size when both sides reach it, the
+    image's own scale when smaller (a crop, a thumbnail), scaled up so the short side holds one `tile` when even that
+    is too small. Shared by `qrjax.watermark.extract` and the detection pipeline."""
+    if min(height, width) >= working:
+        return working, working
+    if tile is not None and min(height, width) < tile:
+        scale = tile / min(height, width)
+        return max(tile, round(height * scale)), max(tile, round(width * scale))
+    return height, width
+
+
+def resize_matrix(in_size: int, out_size: int, antialias: bool = True) -> np.ndarray:
+    """float64[out_size, in_size]: the 1-D weights of `jax.image.resize(..., "linear", antialias=antialias)`.
+
+    Output sample i sits at (i + 0.5) * in / out - 0.5 in input coordinates and takes the triangle kernel, widened by
+    in / out when shrinking with antialias, normalised to sum 1; identity when the sizes are equal. A separable
+    resize is then out = Ry @ image @ Rx^T, and one tile of it needs only the rows of Ry and Rx that it covers."""
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"resize_matrix: sizes must be positive, got {in_size} -> {out_size}")
+    inv_scale = in_size / out_size
+    kernel_scale = max(inv_scale, 1.0) if antialias else 1.0
+    sample = (np.arange(out_size) + 0.5) * inv_scale - 0.5
+    w = np.maximum(0.0, 1.0 - np.abs(sample[:, None] - np.arange(in_size)[None, :]) / kernel_scale)
+    total = w.sum(axis=1, keepdims=True)
+    w = np.where(np.abs(total) > 1000.0 * np.finfo(np.float32).eps, w / np.where(total != 0, total, 1.0), 0.0)
+    inside = (sample >= -0.5) & (sample <= in_size - 0.5)
+    return np.where(inside[:, None], w, 0.0)
+
+
+class TileSource(NamedTuple):
+    """One tile of an image resized to (out_h, out_w), expressed on the source image.
+
+    window: (y0, y1, x0, x1), the source pixels the tile depends on; ry: float32[tile, y1 - y0] and
+    rx: float32[tile, x1 - x0] such that tile[:, :, c] = ry @ source[y0:y1, x0:x1, c] @ rx.T."""
+
+    window: tuple[int, int, int, int]
+    ry: np.ndarray
+    rx: np.ndarray
+
+
+def _support(m: np.ndarray) -> tuple[int, int]:
+    cols = np.flatnonzero(np.any(m != 0, axis=0))
+    return (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
+
+
+def tile_source(height: int, width: int, out_shape: tuple[int, int], origin: tuple[int, int], tile: int,
+                antialias: bool = True) -> TileSource:
+    """Window and weights that produce the `tile` at `origin` (y, x) of the image resized to out_shape."""
+    out_h, out_w = out_shape
+    y, x = origin
+    if not (0 <= y <= out_h - tile and 0 <= x <= out_w - tile):
+        raise ValueError(f"tile {tile} at {origin} does not fit in a {out_h}x{out_w} image")
+    ry = resize_matrix(height, out_h, antialias)[y:y + tile]
+    rx = resize_matrix(width, out_w, antialias)[x:x + tile]
+    (y0, y1), (x0, x1) = _support(ry), _support(rx)
+    return TileSource((y0, y1, x0, x1), ry[:, y0:y1].astype(np.float32), rx[:, x0:x1].astype(np.float32))

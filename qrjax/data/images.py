@@ -40,16 +40,14 @@ HELD_OUT = ("grace_hopper", "coffee", "retina", "hubble_deep_field")
 
 def load_image(path: str | Path) -> np.ndarray:
     """uint8[H, W, 3] from an image file (grey and RGBA become RGB); a clear error names a bad file."""
-    path = Path(path)
+    from qrjax.data.decode import ImageReadError, decode
+
     try:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA").convert("RGB")  # P and LA go through RGBA so transparency keeps its colour
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {str(path)!r}: no such file") from None
-    except OSError as err:
-        raise ValueError(f"image {str(path)!r}: cannot be read as an image ({err})") from None
+        return decode(path).rows
+    except ImageReadError as err:
+        if not Path(path).exists():
+            raise FileNotFoundError(str(err)) from None
+        raise
 
 
 def _package_dir(package: str) -> Path | None:

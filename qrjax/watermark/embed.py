@@ -165,30 +165,25 @@ def embed(model: WatermarkModel, images, payload_bits, *, strength: float = 1.0,
             for i, im in enumerate(imgs)]
 
 
-@partial(jax.jit, static_argnums=(0, 3, 4))
-def _extract_same_size(config, variables, images_u8, read: int | None, placement: str, key):
+@partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _extract_same_size(config, variables, images_u8, read: int | None, placement: str, cell: tuple[int, int], key):
     x = images_u8.astype(jnp.float32) / 255.0
     b, h, w, _ = x.shape
-    s = config.working_size
-    if min(h, w) >= s and (h, w) != (s, s):
-        x = jax.image.resize(x, (b, s, s, 3), "linear", antialias=True)
-        h, w = s, s
+    h, w = tiling.read_shape(h, w, config.working_size, read)
+    if (h, w) != x.shape[1:3]:
+        x = jax.image.resize(x, (b, h, w, 3), "linear", antialias=True)
     if read is not None:
-        if min(h, w) < read:  # too small for a tile: scale the short side up to one tile
-            scale = read / min(h, w)
-            h, w = max(read, round(h * scale)), max(read, round(w * scale))
-            x = jax.image.resize(x, (b, h, w, 3), "linear")
-        x = tiling.extract(x, tiling.place(key, b, h, w, read, placement), read)
+        x = tiling.extract(x, tiling.place(key, b, h, w, read, placement, cell), read)
     logits, _ = extractor_logits(config, variables["extractor"], x, whitening=variables.get("whitening"))
     return logits
 
 
 def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, placement: str | None = None,
-            full_image: bool | None = None, tile: int | None = None) -> np.ndarray:
+            full_image: bool | None = None, tile: int | None = None, cell: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Extractor logits f32[B, bits] (bit = logit > 0); images: uint8[B, H, W, 3] or a list of uint8[H, W, 3].
 
-    Tiled models read one tile (config.placement, or `placement`; size `tile`, default config.tile); full-image
-    models, or full_image=True, read the whole image.
+    Tiled models read one tile (config.placement, or `placement`; size `tile`, default config.tile; placement
+    "fixed" reads grid cell `cell` = (row, col)); full-image models, or full_image=True, read the whole image.
     """
     config = model.config
     imgs = _check_images(images)
@@ -204,7 +199,9 @@ def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, plac
                          f"grid tiles stay in phase only when the tile is a multiple of {period}")
     key = jax.random.key(0) if key is None else key
     if isinstance(imgs, np.ndarray):
-        return np.asarray(_extract_same_size(config, model.variables, jnp.asarray(imgs), read, placement, key))
+        return np.asarray(_extract_same_size(config, model.variables, jnp.asarray(imgs), read, placement,
+                                                 tuple(cell), key))
     keys = jax.random.split(key, len(imgs))
     return np.concatenate([np.asarray(_extract_same_size(config, model.variables, jnp.asarray(im[None]), read,
-                                                         placement, keys[i])) for i, im in enumerate(imgs)])
+                                                         placement, tuple(cell), keys[i]))
+                           for i, im in enumerate(imgs)])

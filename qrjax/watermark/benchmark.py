@@ -1,0 +1,143 @@
+"""Detection throughput: watermarked test sets on disk and images/s of every pipeline variant, measured in one run.
+
+Variants (each reads the same files and produces one record per file):
+  baseline        the sequential full-image pipeline (`FullImageDetector`)
+  tiled           one tile per image, no overlap (`TileDetector.run_sequential`)
+  tiled+overlap   the overlapped pipeline on a fixed even split of the worker budget
+  system          the overlapped pipeline on the adaptive plan (warm-up + QRMark's greedy allocation)
+  decode_bound    the same files read and fully decoded by a pool of `budget` threads, and nothing else
+  reader_bound    the system's own reader alone (reduced-scale, stop-early decoding of the tile's rows)
+Every variant is warmed up (compiles excluded), then the variants are run round-robin `repeats` times and the median
+images/s of each is reported with the ratios to the baseline.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from qrjax.data.decode import ImageReadError, decode
+
+VARIANTS = ("baseline", "tiled", "tiled+overlap", "system", "decode_bound", "reader_bound")
+
+
+def make_dataset(folder: str | Path, model, code, n: int, size: int | tuple[int, int], fmt: str = "jpeg", *,
+                 quality: int = 95, seed: int = 0, marked_fraction: float = 1.0, split: str = "all",
+                 attack: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 batch: int = 32, unique: int | None = None, progress: bool = True) -> dict:
+    """Write n images of `size` (side, or (H, W)) cut from the bundled photographs into folder: the first
+    round(n * marked_fraction) watermarked with one random payload, the rest clean; `attack` edits each image after
+    embedding. unique: make only this many distinct images and write the files cycling through them (embedding costs
+    far more than detecting; every file is still read and decoded on its own).
+    Returns {"paths", "marked" bool[n], "payload" uint8[payload_bits], "key" uint8[n_bits]}."""
+    from tqdm.auto import tqdm
+
+    from qrjax.data import bundled_source
+    from qrjax.watermark import embed
+
+    fmt = fmt.lower()
+    if fmt not in ("jpeg", "png"):
+        raise ValueError(f"format: expected jpeg or png, got {fmt!r}")
+    h, w = (size, size) if isinstance(size, int) else size
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    payload = rng.integers(0, 2, code.payload_bits).astype(np.uint8)
+    key = np.asarray(code.encode(payload[None]))[0]
+    src = bundled_source(split, area=(0.3, 1.0))
+    n_marked = round(n * marked_fraction)
+    paths, marked = [], np.arange(n) < n_marked
+    ext = "jpg" if fmt == "jpeg" else "png"
+    made: list[np.ndarray] = []
+    for start in tqdm(range(0, n, batch), desc=f"writing {n} {h}x{w} {fmt}", disable=not progress, leave=False):
+        m = min(batch, n - start)
+        if unique is not None and start >= unique:
+            for i in range(m):
+                j = start + i
+                same = [k for k in range(len(made)) if marked[k] == marked[j]] or list(range(len(made)))
+                src_j = same[j % len(same)]  # a copy of an image with the same label
+                p = folder / f"{j:06d}.{ext}"
+                Image.fromarray(made[src_j]).save(p, "JPEG" if fmt == "jpeg" else "PNG",
+                                                  **({"quality": quality} if fmt == "jpeg" else {}))
+                paths.append(str(p))
+            continue
+        imgs = src.sample(rng, max(h, w), m)[:, :h, :w]
+        imgs = np.ascontiguousarray(imgs)
+        k = int(np.sum(marked[start:start + m]))
+        if k:
+            imgs[:k] = embed(model, imgs[:k], key)
+        for i in range(m):
+            img = attack(imgs[i], rng) if attack else imgs[i]
+            made.append(img)
+            p = folder / f"{start + i:06d}.{ext}"
+            Image.fromarray(img).save(p, "JPEG" if fmt == "jpeg" else "PNG",
+                                      **({"quality": quality} if fmt == "jpeg" else {}))
+            paths.append(str(p))
+    return {"paths": paths, "marked": marked, "payload": payload, "key": key}
+
+
+def _decode_all(paths: Sequence[str], workers: int, reader: Callable[[str], object]) -> int:
+    def one(p):
+        try:
+            reader(p)
+            return 1
+        except ImageReadError:
+            return 0
+
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(one, paths, chunksize=16))
+
+
+def throughput(paths: Sequence[str], tile_detector, full_detector, *, budget: int | None = None, batch: int = 64,
+               repeats: int = 3, variants: Sequence[str] = VARIANTS, verbose: bool = False) -> dict:
+    """images/s of each variant on `paths` (median of `repeats` interleaved rounds), the plans, and the ratios."""
+    budget = budget or max(3, (os.cpu_count() or 1) + 1)
+    paths = list(paths)
+    start = time.perf_counter()
+    adaptive = tile_detector.warmup(paths, budget, batch_hint=batch)
+    warmup_s = time.perf_counter() - start
+    from qrjax.watermark.pipeline import even_plan
+
+    even = even_plan(budget, adaptive.batch[1])
+    if verbose:
+        print(adaptive.describe())
+        print(even.describe())
+    runs = {
+        "baseline": lambda ps: sum(1 for _ in full_detector.run(ps, batch)),
+        "tiled": lambda ps: sum(1 for _ in tile_detector.run_sequential(ps, adaptive.batch[1])),
+        "tiled+overlap": lambda ps: sum(1 for _ in tile_detector.run(ps, even)),
+        "system": lambda ps: sum(1 for _ in tile_detector.run(ps, adaptive)),
+        "decode_bound": lambda ps: _decode_all(ps, budget, decode),
+        "reader_bound": lambda ps: _decode_all(ps, budget, lambda p: tile_detector.read(0, p)),
+    }
+    chosen = [v for v in VARIANTS if v in variants]
+    for v in chosen:  # warm-up: compile every shape each variant uses
+        runs[v](paths[: min(len(paths), 2 * batch)])
+    times: dict[str, list[float]] = {v: [] for v in chosen}
+    for _ in range(repeats):
+        for v in chosen:
+            t0 = time.perf_counter()
+            count = runs[v](paths)
+            times[v].append(time.perf_counter() - t0)
+            if v not in ("decode_bound", "reader_bound") and count != len(paths):
+                raise RuntimeError(f"{v}: {count} records for {len(paths)} inputs")
+    ips = {v: len(paths) / statistics.median(t) for v, t in times.items()}
+    out = {"images": len(paths), "repeats": repeats, "budget": budget, "batch": batch, "warmup_seconds": warmup_s,
+           "plan_adaptive": {"workers": adaptive.workers, "batch": adaptive.batch, "costs_ms": [
+               c * 1e3 for c in adaptive.costs]},
+           "plan_even": {"workers": even.workers, "batch": even.batch},
+           "images_per_s": ips, "seconds": times}
+    if "baseline" in ips:
+        out["speedup_vs_baseline"] = {v: ips[v] / ips["baseline"] for v in ips}
+    if "system" in ips and "decode_bound" in ips:
+        out["system_fraction_of_decode_bound"] = ips["system"] / ips["decode_bound"]
+    if "system" in ips and "reader_bound" in ips:
+        out["system_fraction_of_reader_bound"] = ips["system"] / ips["reader_bound"]
+    return out

@@ -40,3 +40,18 @@ def test_qrmark_robustness_smoke(tmp_path):
     assert result["clean_fpr"]["trials_at_1e-6"] == 6 * 16 * 50
     assert (tmp_path / "qrmark_robustness.md").read_text().startswith("# QRMark robustness")
     assert (tmp_path / "qrmark_robustness.png").stat().st_size > 0
+
+
+def test_qrmark_throughput_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "qrmark_throughput.py"), "--images", "24", "--unique", "8",
+           "--repeats", "1", "--sizes", "256", "--formats", "png", "--batch", "8", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "qrmark_throughput.json").read_text())
+    (s,) = result["sets"]
+    from qrjax.watermark.benchmark import VARIANTS
+
+    assert set(s["images_per_s"]) == set(VARIANTS) and all(v > 0 for v in s["images_per_s"].values())
+    assert s["decisions_equal"]["equal"] == s["decisions_equal"]["checked"] == 24
+    assert (tmp_path / "qrmark_throughput.md").read_text().startswith("# QRMark detection throughput")
+    assert (tmp_path / "qrmark_throughput.png").stat().st_size > 0

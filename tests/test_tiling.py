@@ -68,3 +68,40 @@ def test_stitch_inverts_extract_grid_and_averages_overlaps(rng):
         acc[y:y + 16, xx:xx + 16] += i
         cnt[y:y + 16, xx:xx + 16] += 1
     np.testing.assert_allclose(out, acc / cnt, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(512, 256), (600, 256), (256, 256), (40, 64), (333, 256), (7, 3)])
+@pytest.mark.parametrize("antialias", [True, False])
+def test_resize_matrix_is_jax_image_resize(n_in, n_out, antialias):
+    x = np.random.default_rng(n_in).random((n_in, 5)).astype(np.float32)
+    want = jax.image.resize(jnp.asarray(x), (n_out, 5), "linear", antialias=antialias)
+    got = tiling.resize_matrix(n_in, n_out, antialias) @ x.astype(np.float64)
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("h, w, origin", [(512, 512, (0, 0)), (600, 400, (192, 64)), (1000, 333, (64, 192)),
+                                          (300, 200, (64, 0)), (40, 50, (0, 16))])
+def test_tile_source_reads_only_its_window(h, w, origin):
+    img = np.random.default_rng(0).random((h, w, 3))
+    out_hw = tiling.read_shape(h, w, 256, 64)
+    src = tiling.tile_source(h, w, out_hw, origin, 64)
+    y0, y1, x0, x1 = src.window
+    want = np.asarray(jax.image.resize(jnp.asarray(img, jnp.float32), out_hw + (3,), "linear"))
+    want = want[origin[0]:origin[0] + 64, origin[1]:origin[1] + 64]
+    got = np.einsum("ty,yxc,sx->tsc", src.ry, img[y0:y1, x0:x1], src.rx)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    poisoned = img.copy()  # pixels outside the window do not matter
+    poisoned[y1:] = poisoned[:y0] = poisoned[:, x1:] = poisoned[:, :x0] = 1e6
+    np.testing.assert_allclose(np.einsum("ty,yxc,sx->tsc", src.ry, poisoned[y0:y1, x0:x1], src.rx), got)
+    for size, out, (a, b) in ((h, out_hw[0], (y0, y1)), (w, out_hw[1], (x0, x1))):
+        scale = max(1.0, size / out)  # the tile's pixels plus the (widened) triangle's reach on each side
+        assert b - a <= int(np.ceil(64 * size / out + 2 * scale)) + 1
+
+
+def test_read_shape():
+    assert tiling.read_shape(512, 768, 256, 64) == (256, 256)
+    assert tiling.read_shape(200, 300, 256, 64) == (200, 300)  # below the working size: its own scale
+    assert tiling.read_shape(32, 48, 256, 64) == (64, 96)  # below one tile: scaled up to one tile
+    assert tiling.read_shape(32, 48, 256, None) == (32, 48)
+    with pytest.raises(ValueError, match="does not fit"):
+        tiling.tile_source(100, 100, (100, 100), (50, 0), 64)

@@ -155,11 +155,16 @@ def _read_keys(code, path: str, prog: str) -> np.ndarray:
 
 
 def _finished(out: Path) -> dict[str, int]:
-    """How many finished records (ok or error) each path already has in a results file."""
+    """How many finished records (ok or error) each path already has in a results file. A last line cut by an
+    interruption is removed, so appended records start on a line of their own."""
     from collections import Counter
 
     done: Counter = Counter()
     if out.is_file():
+        data = out.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(out, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
         for line in out.read_text().splitlines():
             try:
                 r = json.loads(line)
@@ -276,8 +281,8 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     from qrjax.watermark.demo import run_demo
 
-    run_demo(args.out, per_cell=args.per_cell, seed=args.seed, model_name=args.model,
-             baseline_name=args.baseline_model)
+    run_demo(args.out, per_cell=args.per_cell, negatives=args.negatives, seed=args.seed, model_name=args.model,
+             baseline_name=args.baseline_model, repeats=args.repeats)
     return 0
 
 
@@ -286,6 +291,8 @@ def register_demo(parser) -> None:
     parser.add_argument("--model", default="cpu")
     parser.add_argument("--baseline-model", default="cpu-full")
     parser.add_argument("--per-cell", type=int, default=8, help="watermarked images per (size, attack)")
+    parser.add_argument("--negatives", type=int, default=48, help="clean images")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=cmd_demo)
 

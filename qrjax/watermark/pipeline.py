@@ -400,14 +400,21 @@ class TileDetector:
             return [self.read(i, paths[i]) for i in idx]
 
         def writer(out_q: queue.Queue):
+            failed = None
             while (item := done.get()) is not stop:
-                samples, arrays = item
-                recs = {s.index: error_record(s.path, s.error) for s in samples if s.error is not None}
-                ok = [s for s in samples if s.error is None]
-                if ok:
-                    for s, r in zip(ok, records([s.path for s in ok], jax.device_get(arrays), self.decision)):
-                        recs[s.index] = r
-                out_q.put([recs[s.index] for s in samples])
+                if failed is not None:
+                    continue  # keep draining so the main thread never blocks on a full queue
+                try:
+                    samples, arrays = item
+                    recs = {s.index: error_record(s.path, s.error) for s in samples if s.error is not None}
+                    ok = [s for s in samples if s.error is None]
+                    if ok:
+                        for s, r in zip(ok, records([s.path for s in ok], jax.device_get(arrays), self.decision)):
+                            recs[s.index] = r
+                    out_q.put([recs[s.index] for s in samples])
+                except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                    failed = err
+                    out_q.put(err)
             out_q.put(stop)
 
         out_q: queue.Queue = queue.Queue()
@@ -446,14 +453,17 @@ class TileDetector:
                     pending_out.append(out_q.get())
                 while pending_out:
                     batch_records = pending_out.pop(0)
-                    if batch_records is stop:
-                        break
+                    if isinstance(batch_records, BaseException):
+                        done.put(stop)
+                        raise batch_records
                     if progress:
                         progress(len(batch_records))
                     yield from batch_records
         drain(True)
         done.put(stop)
         while (batch_records := out_q.get()) is not stop:
+            if isinstance(batch_records, BaseException):
+                raise batch_records
             if progress:
                 progress(len(batch_records))
             yield from batch_records

@@ -20,18 +20,25 @@ def test_train_tiny_then_embed_and_extract(tmp_path, capsys):
     assert (workdir / "model.msgpack").is_file() and sorted(p.name for p in (workdir / "checkpoints").iterdir())
 
     src = tmp_path / "in"
-    src.mkdir()
+    (src / "sub").mkdir(parents=True)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(src / "sub/b.jpg")
     (src / "bad.png").write_bytes(b"not a png")
-    rc = main(["watermark", "embed", "--model", out["model"] + ".json", "--payload", "c0ffee11", "--out",
-               str(tmp_path / "out"), str(src / "a.png"), str(src / "bad.png"), str(src / "missing.png")])
+    model = out["model"] + ".json"
+    rc = main(["watermark", "embed", str(src), str(tmp_path / "out"), "--model", model, "--key", "c0ffee11"])
     res = json.loads(capsys.readouterr().out)
-    assert rc == 1  # some inputs failed, and every input is reported
-    assert [r["input"] for r in res["results"]] == [str(src / n) for n in ("a.png", "bad.png", "missing.png")]
-    assert "output" in res["results"][0] and res["results"][0]["psnr"] > 30
-    assert "cannot be read" in res["results"][1]["error"] and "no such file" in res["results"][2]["error"]
+    assert rc == 1 and res["key"] == "c0ffee11"  # some inputs failed, and every input is reported
+    assert [r["input"] for r in res["results"]] == [str(src / n) for n in ("a.png", "bad.png", "sub/b.jpg")]
+    assert res["results"][0]["output"] == str(tmp_path / "out" / "a.png") and res["results"][0]["psnr"] > 30
+    assert res["results"][2]["output"] == str(tmp_path / "out" / "sub" / "b.png")  # the tree is mirrored
+    assert "not an image" in res["results"][1]["error"] and res["results"][1]["status"] == "error"
+    rc = main(["watermark", "embed", str(src / "a.png"), str(tmp_path / "one.jpg"), "--model", model])
+    one = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(one["key"]) == 8 and one["results"][0]["output"] == str(tmp_path / "one.jpg")
+    with Image.open(tmp_path / "one.jpg") as im:
+        assert im.format == "JPEG"
 
-    rc = main(["watermark", "extract", "--model", out["model"] + ".json", "--payload", "c0ffee11",
+    rc = main(["watermark", "extract", "--model", model, "--payload", "c0ffee11",
                res["results"][0]["output"], str(src / "bad.png")])
     ext = json.loads(capsys.readouterr().out)
     assert rc == 1 and len(ext["results"]) == 2 and "error" in ext["results"][1]
@@ -44,3 +51,21 @@ def test_train_rejects_unknown_overrides(tmp_path):
 
     with pytest.raises(SystemExit, match="no field 'stepz'"):
         main(["watermark", "train", "--preset", "tiny", "--workdir", str(tmp_path), "--set", "stepz=3"])
+
+
+def test_bench_json_and_demo(tmp_path, capsys):
+    rc = main(["watermark", "bench", "--images", "16", "--size", "256", "--format", "png", "--json", "--repeats",
+               "1", "--batch", "8"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    for k in ("baseline_images_per_s", "system_images_per_s", "decode_bound_images_per_s", "speedup"):
+        assert res[k] > 0
+    assert res["speedup"] == res["system_images_per_s"] / res["baseline_images_per_s"]
+
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--per-cell", "1", "--negatives", "3", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "speedup" in printed and (tmp_path / "demo" / "demo.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["files"] == 15 + 3 and [r["images"] for r in summary["rows"]][-1] == "clean"
+    records = (tmp_path / "demo" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 2 * summary["files"]

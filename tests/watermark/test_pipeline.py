@@ -1,0 +1,221 @@
+"""The detection system: allocation, input expansion, decisions equal to plain per-image calls, bad input, devices."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from qrjax import parallel
+from qrjax.data.decode import decode
+from qrjax.ecc import get_code
+from qrjax.watermark import detect, embed, extract, load_pretrained
+from qrjax.watermark.pipeline import (Decision, FullImageDetector, Plan, TileDetector, even_plan, expand_inputs,
+                                      plan_allocation)
+
+# ------------------------------------------------------------------------------------------------ allocation
+
+BYTES = (786_432, 49_152, 192)  # QRMark's bytes per sample: 256^2 image, 64^2 tile, 48 bits (fp32)
+
+
+@pytest.mark.parametrize("budget, hint, workers, batch", [
+    (3, 16, (1, 1, 1), (16, 16, 16)),
+    (6, 128, (2, 1, 3), (63, 126, 42)),
+    (10, 16, (3, 1, 6), (4, 12, 2)),
+])
+def test_plan_matches_qrmark_reference_examples(budget, hint, workers, batch):
+    """t = [1.0, 0.2, 2.0] on an 80 GB card: the allocations QRMark's allocator derives (papers/qrmark.md §5)."""
+    plan = plan_allocation((1.0, 0.2, 2.0), budget, batch_hint=hint, bytes_per_sample=BYTES, memory_cap=0.8 * 80e9)
+    assert plan.workers == workers and plan.batch == batch
+
+
+def test_plan_gives_workers_to_the_slowest_stage_and_respects_memory():
+    plan = plan_allocation((0.1, 5.0, 0.1), 8, batch_hint=256)
+    assert plan.workers == (1, 6, 1) and sum(plan.workers) == 8
+    # a cap that holds 60 samples in flight: Q shrinks with it (lcm(1, 6, 1) = 6 -> Q = 60)
+    capped = plan_allocation((0.1, 5.0, 0.1), 8, batch_hint=256, bytes_per_sample=(1, 1, 1), memory_cap=180)
+    assert math.lcm(*capped.workers) * 1 <= capped.batch[0] and capped.batch[0] * 3 <= 180
+    with pytest.raises(ValueError, match="memory cap"):
+        plan_allocation((1, 1, 1), 3, bytes_per_sample=(10, 10, 10), memory_cap=5)
+    with pytest.raises(ValueError, match="one worker per stage"):
+        plan_allocation((1, 1, 1), 2)
+    assert plan_allocation((0.1, 5.0, 0.1), 8, batch_hint=100, multiple=8).batch[1] % 8 == 0
+    assert even_plan(7, 32).workers == (3, 2, 2)
+
+
+def test_expand_inputs(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ("a/1.png", "a/b/2.JPG", "a/notes.txt", "c.png"):
+        (tmp_path / p).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("# inputs\nc.png\n\n/abs/missing.png\n")
+    got = expand_inputs([tmp_path / "a", tmp_path / "list.txt", tmp_path / "gone.png"])
+    assert got == [str(tmp_path / "a/1.png"), str(tmp_path / "a/b/2.JPG"), str(tmp_path / "c.png"),
+                   "/abs/missing.png", str(tmp_path / "gone.png")]
+
+
+# ------------------------------------------------------------------------------------------------ detection
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Watermarked and clean files of several sizes and formats, plus every kind of bad input."""
+    from qrjax.data import bundled_source
+
+    d = tmp_path_factory.mktemp("detect")
+    model, code = load_pretrained("cpu"), get_code("qrmark-bch")
+    rng = np.random.default_rng(0)
+    payload = rng.integers(0, 2, code.payload_bits).astype(np.uint8)
+    key = np.asarray(code.encode(payload[None]))[0]
+    src = bundled_source("val", area=(0.3, 1.0))
+    good = []
+    for size, fmt in ((256, "png"), (512, "jpg"), (300, "png"), (512, "png")):
+        imgs = src.sample(rng, size, 3)
+        marked = embed(model, imgs[:2], key)
+        for i, im in enumerate([*marked, imgs[2]]):
+            p = d / f"{size}_{i}.{fmt}"
+            Image.fromarray(im).save(p, **({"quality": 95} if fmt == "jpg" else {}))
+            good.append(str(p))
+    odd = np.ascontiguousarray(src.sample(rng, 512, 1)[0, :200, :300])
+    Image.fromarray(odd).save(d / "wide.png")
+    Image.fromarray(odd[:40, :50]).save(d / "tiny.png")  # smaller than a tile
+    Image.fromarray(odd).convert("L").save(d / "grey.jpg")
+    Image.fromarray(odd).convert("RGBA").save(d / "rgba.png")
+    Image.fromarray(odd).convert("P").save(d / "palette.png")
+    Image.fromarray(odd).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(odd[..., 0].astype(np.uint16) * 257).save(d / "deep16.png")
+    big = np.broadcast_to(np.linspace(0, 255, 8000, dtype=np.uint8)[None, :, None], (6000, 8000, 3))
+    Image.fromarray(np.ascontiguousarray(big)).save(d / "big.jpg", quality=80)
+    data = (d / "256_0.png").read_bytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 3])
+    (d / "corrupt.png").write_bytes(data[:60] + bytes(2000) + data[-12:])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.jpg").write_text("hello")
+    valid = good + [str(d / n) for n in ("wide.png", "tiny.png", "grey.jpg", "rgba.png", "palette.png", "cmyk.jpg",
+                                          "deep16.png", "big.jpg")]
+    bad = [str(d / n) for n in ("truncated.png", "corrupt.png", "empty.jpg", "notes.jpg", "missing.png")] + [str(d)]
+    return {"model": model, "code": code, "key": key, "payload": payload, "good": good, "valid": valid, "bad": bad,
+            "dir": d}
+
+
+def _plain(model, path, key, cell=(0, 0)):
+    img = decode(path, min_size=model.config.working_size).rows
+    logits = extract(model, img[None], placement="fixed", cell=cell)
+    found, p, m = detect.detect(logits, key[None])
+    return bool(found[0]), int(m[0])
+
+
+def test_decisions_equal_plain_per_image_calls_and_bad_inputs_are_reported(setup):
+    s = setup
+    det = TileDetector(s["model"], Decision(s["code"], s["key"][None]))
+    paths = s["bad"][:3] + s["valid"] + s["bad"][3:]
+    # small micro-batches and two batches in flight: errors interleaved with images across several batches
+    recs = list(det.run(paths, Plan((2, 2, 1), (3, 8, 8))))
+    assert [r["path"] for r in recs] == paths  # one record per input, in order
+    by_path = {r["path"]: r for r in recs}
+    for p in s["valid"]:
+        r = by_path[p]
+        assert r["status"] == "ok" and r["error"] is None, r
+        assert (r["detected"], r["matching_bits"]) == _plain(s["model"], p, s["key"])
+        assert r["p_value"] == pytest.approx(float(detect.p_value(r["matching_bits"], 48)), rel=1e-6)
+        assert len(r["payload"]) == 8 and isinstance(r["ecc_ok"], bool)
+    marked = [p for p in s["good"] if not p.endswith(("_2.png", "_2.jpg"))]
+    assert np.mean([by_path[p]["detected"] for p in marked]) >= 0.75
+    assert not any(by_path[p]["detected"] for p in s["valid"] if p not in marked)
+    for p in s["bad"]:
+        assert by_path[p]["status"] == "error" and by_path[p]["detected"] is None
+    msgs = {p.rsplit("/", 1)[-1]: by_path[p]["error"] for p in s["bad"]}
+    assert "truncated" in msgs["truncated.png"] and "empty file" in msgs["empty.jpg"]
+    assert "not an image" in msgs["notes.jpg"] and "no such file" in msgs["missing.png"]
+    assert "cannot be decoded" in msgs["corrupt.png"] and "directory" in by_path[str(s["dir"])]["error"]
+    # the overlapped run and the sequential one agree record for record
+    assert list(det.run_sequential(paths, 8)) == recs
+
+
+def test_full_image_baseline_equals_plain_calls(setup):
+    s = setup
+    full = load_pretrained("cpu-full")
+    base = FullImageDetector(full, Decision(s["code"], s["key"][None]))
+    paths = s["good"][:6] + s["bad"][:2]
+    recs = list(base.run(paths, batch=4))
+    assert [r["path"] for r in recs] == paths
+    for r in recs[:6]:
+        logits = extract(full, decode(r["path"]).rows[None])
+        found, _, m = detect.detect(logits, s["key"][None])
+        assert (r["detected"], r["matching_bits"]) == (bool(found[0]), int(m[0]))
+    assert [r["status"] for r in recs[6:]] == ["error", "error"]
+
+
+def test_identify_among_keys_and_no_key(setup):
+    s = setup
+    code = s["code"]
+    others = np.asarray(code.encode(np.random.default_rng(5).integers(0, 2, (3, code.payload_bits))))
+    keys = np.concatenate([others, s["key"][None]])
+    paths = s["good"][:2]
+    recs = list(TileDetector(s["model"], Decision(code, keys)).run_sequential(paths, 8))
+    assert all(r["key_index"] == 3 and r["detected"] for r in recs)
+    recs = list(TileDetector(s["model"], Decision(code)).run_sequential(paths, 8))
+    assert all(r["detected"] is None and r["matching_bits"] is None for r in recs)
+    want = detect.decode_payload(code, extract(s["model"], decode(paths[0], min_size=256).rows[None],
+                                               placement="fixed"))
+    from qrjax.ecc.cli import bits_to_hex
+
+    assert recs[0]["payload"] == bits_to_hex(np.asarray(want.payload[0]))
+
+
+@pytest.mark.multidevice
+def test_eight_devices_equal_one(setup):
+    s = setup
+    assert jax.device_count() == 8
+    decision = Decision(s["code"], s["key"][None])
+    paths = s["good"] + s["bad"][:1]
+    one = TileDetector(s["model"], decision, mesh=parallel.make_mesh(devices=jax.devices()[:1]))
+    eight = TileDetector(s["model"], decision, mesh=parallel.make_mesh())
+    assert eight.n_devices == 8
+    r1 = list(one.run(paths, Plan((1, 1, 1), (4, 4, 4))))
+    r8 = list(eight.run(paths, Plan((1, 1, 1), (4, 4, 4))))  # the batch is rounded up to 8, one row a device
+    assert r1 == r8
+    # bit-identical logits: each of the 8 devices computes exactly what one device computes on a batch of one
+    # (a batch of 8 on one device differs in the last bits, ~1e-4 relative: XLA's convolution sums in another order)
+    ok = [one.read(i, p) for i, p in enumerate(s["good"][:8])]
+    l8 = jax.device_get(eight.dispatch(ok, 8))["logits"]
+    l1 = np.concatenate([jax.device_get(one.dispatch(ok[i:i + 1], 1))["logits"] for i in range(8)])
+    np.testing.assert_array_equal(l1, l8)
+
+
+def test_warmup_plans_within_budget(setup):
+    s = setup
+    det = TileDetector(s["model"], Decision(s["code"], s["key"][None]))
+    plan = det.warmup(s["good"], budget=5, batch_hint=8)
+    assert sum(plan.workers) == 5 and all(c > 0 for c in plan.costs) and plan.source == "adaptive"
+    assert "read" in plan.describe() and plan.batch[1] % det.n_devices == 0
+
+
+def test_detect_cli_streams_and_resumes(setup, tmp_path, capsys):
+    from qrjax.cli import main
+    from qrjax.ecc.cli import bits_to_hex
+
+    s = setup
+    listing = tmp_path / "inputs.txt"
+    paths = s["good"][:4] + s["bad"][:2]
+    listing.write_text("\n".join(paths) + "\n")
+    out = tmp_path / "res.jsonl"
+    key = bits_to_hex(s["payload"])
+    args = ["watermark", "detect", str(listing), "--key", key, "--out", str(out), "--workers", "1,1,1",
+            "--batch", "4", "--quiet"]
+    assert main(args) == 1  # some inputs are bad: exit 1, every input reported
+    full = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in full] == paths
+    assert set(full[0]) >= {"path", "status", "error", "detected", "p_value", "matching_bits", "payload", "ecc_ok"}
+    # an interruption after three records, half a line written: --resume finishes the rest
+    out.write_text("\n".join(json.dumps(r) for r in full[:3]) + "\n" + json.dumps(full[3])[:20])
+    main(args + ["--resume"])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in lines) == sorted(paths) and len(lines) == len(paths)
+    capsys.readouterr()
+    assert main(["watermark", "detect", s["good"][0], "--key", key, "--verbose", "--budget", "4", "--batch",
+                 "4"]) == 0
+    captured = capsys.readouterr()
+    assert "plan (" in captured.err and json.loads(captured.out)["detected"] is True
+    assert main(["watermark", "detect", s["good"][0], "--key", key, "--baseline", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"

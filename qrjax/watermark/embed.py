@@ -44,14 +44,19 @@ def encoder_residual(config: WatermarkConfig, enc_vars, images: jax.Array, bits:
 
 def extractor_logits(config: WatermarkConfig, ext_vars, images: jax.Array, train: bool = False, whitening=None):
     """images: f32[B, H, W, 3] in [0, 1] -> (logits f32[B, bits], new batch_stats or None)."""
-    mod = extractor_module(config)
     if train:
-        logits, upd = mod.apply(ext_vars, to_model_range(images), train=True, mutable=["batch_stats"])
+        logits, upd = extractor_module(config).apply(ext_vars, to_model_range(images), train=True,
+                                                     mutable=["batch_stats"])
         return logits, upd["batch_stats"]
-    logits = mod.apply(ext_vars, to_model_range(images), train=False)
+    return read_logits(config, ext_vars, to_model_range(images), whitening), None
+
+
+def read_logits(config: WatermarkConfig, ext_vars, x: jax.Array, whitening=None) -> jax.Array:
+    """Inference: x f32[B, H, W, 3] already in the model's [-1, 1] -> whitened logits f32[B, bits]."""
+    logits = extractor_module(config).apply(ext_vars, x, train=False)
     if whitening is not None:
         logits = logits @ whitening["w"].T + whitening["b"]
-    return logits, None
+    return logits
 
 
 def psnr(x, y, peak: float = 1.0) -> jax.Array:

@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 
 import jax
@@ -47,8 +47,7 @@ from qrjax.data.decode import ImageReadError, decode
 from qrjax.ecc import BitCode
 from qrjax.ecc.cli import bits_to_hex
 from qrjax.watermark import detect
-from qrjax.watermark.embed import WatermarkModel, extractor_logits
-from qrjax.watermark.model import extractor_module
+from qrjax.watermark.embed import WatermarkModel, extractor_logits, read_logits
 
 STAGES = ("read", "device", "write")
 RESULT_FIELDS = ("path", "status", "error", "detected", "p_value", "matching_bits", "payload", "ecc_ok")
@@ -316,9 +315,7 @@ class TileDetector:
                     from pallas_kernels.tile_preprocess import tile_preprocess_reference
 
                     tiles = tile_preprocess_reference(windows, ry, rx)
-                logits = extractor_module(cfg).apply(variables["extractor"], tiles, train=False)
-                if "whitening" in variables:
-                    logits = logits @ variables["whitening"]["w"].T + variables["whitening"]["b"]
+                logits = read_logits(cfg, variables["extractor"], tiles, variables.get("whitening"))
                 return {"logits": logits, **decision(logits)}
 
             self._fns[shape] = jax.jit(fn, in_shardings=(rep, spec, spec, spec), out_shardings=spec)
@@ -421,7 +418,6 @@ class TileDetector:
         write_thread = threading.Thread(target=writer, args=(out_q,), daemon=True)
         write_thread.start()
         inflight: list = []
-        pending_out: list = []
 
         def drain(block_all: bool):
             while inflight and (block_all or len(inflight) >= n_dev):
@@ -449,10 +445,8 @@ class TileDetector:
                     arrays = self.dispatch(ok, b_dev) if ok else None
                     inflight.append((take, arrays))
                     drain(False)
-                while not out_q.empty():
-                    pending_out.append(out_q.get())
-                while pending_out:
-                    batch_records = pending_out.pop(0)
+                while not out_q.empty():  # hand on whatever the writer has finished, without waiting
+                    batch_records = out_q.get()
                     if isinstance(batch_records, BaseException):
                         done.put(stop)
                         raise batch_records
@@ -485,11 +479,11 @@ class FullImageDetector:
         cfg = model.config
         s = cfg.working_size
 
-        @partial(jax.jit, static_argnums=1)
-        def resize(img, shape):
+        @jax.jit
+        def resize(img):
             h, w = tiling.read_shape(img.shape[0], img.shape[1], s, None)
             x = img.astype(jnp.float32) / 255.0
-            return jax.image.resize(x, (h, w, 3), "linear", antialias=True) if (h, w) != shape[:2] else x
+            return jax.image.resize(x, (h, w, 3), "linear", antialias=True) if (h, w) != img.shape[:2] else x
 
         @jax.jit
         def run_batch(variables, x):
@@ -509,7 +503,7 @@ class FullImageDetector:
             for i, p in enumerate(chunk):
                 try:
                     img = decode(p).rows
-                    resized.append(self._resize(jnp.asarray(img), img.shape))
+                    resized.append(self._resize(jnp.asarray(img)))
                     ok_idx.append(i)
                 except ImageReadError as err:
                     recs[i] = error_record(p, str(err))

@@ -97,6 +97,13 @@ def _lin_code(x, centre, step):
     return t, jnp.abs(t) < CODE_LIMIT
 
 
+def _subnormal(x):
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32 if x.dtype == jnp.float32 else jnp.uint64)
+    nmant = jnp.finfo(x.dtype).nmant
+    exponent = bits >> nmant & ((1 << (x.dtype.itemsize * 8 - 1 - nmant)) - 1)
+    return (exponent == 0) & ((bits & ((1 << nmant) - 1)) != 0)
+
+
 def encode_values(xs, scalars, scheme: Scheme):
     """xs: tuple of C_in float arrays (the input's components, same shape) -> (codes: tuple of C int32 arrays,
     flags: uint8 array). See the module docstring; the codes of outliers are 0.
@@ -106,9 +113,9 @@ def encode_values(xs, scalars, scheme: Scheme):
     f64, work = jnp.float64, scheme.component_dtype
     bound, step0, step1, c0, c1 = (scalars[i] for i in range(5))
     flags = jnp.zeros(xs[0].shape, jnp.uint8)
-    finite = jnp.isfinite(xs[0])
-    for x in xs[1:]:
-        finite &= jnp.isfinite(x)
+    finite = jnp.ones(xs[0].shape, bool)
+    for x in xs:  # XLA on CPU flushes subnormals to zero, so they are found by their bits and stored verbatim
+        finite &= jnp.isfinite(x) & ~_subnormal(x)
     xs = [jnp.where(finite, x, 0) for x in xs]
     codes, ok = [], finite
     if scheme.mode == "abs":

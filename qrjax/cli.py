@@ -8,12 +8,14 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from qrjax.ecc import cli as ecc_cli
+    from qrjax.quantum import cli as quantum_cli
     from qrjax.watermark import cli as watermark_cli
 
     parser = argparse.ArgumentParser(prog="qrjax", description="qrjax: tiling, caching and compression systems in JAX.")
     systems = parser.add_subparsers(dest="system", required=True, metavar="SYSTEM")
     ecc_cli.register(systems)
     watermark_cli.register(systems)
+    quantum_cli.register(systems)
     watermark_cli.register_demo(systems.add_parser("demo", help="the main job: QRMark detection demo (make demo)"))
     return parser
 

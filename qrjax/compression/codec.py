@@ -199,9 +199,16 @@ def _scheme_and_scalars(parts, dtype: np.dtype, bound: float, mode: str, complex
     return scheme, (check, step0, step1, centres[0], centres[1], 0.0)
 
 
-def _components(x, dtype):
-    x = jnp.asarray(x)
-    return (jnp.real(x), jnp.imag(x)) if dtype.kind == "c" else (x,)
+@jax.jit
+def _components(x):
+    return (jnp.real(x), jnp.imag(x)) if jnp.iscomplexobj(x) else (x,)
+
+
+@functools.partial(jax.jit, static_argnames=("block",))
+def _blocks(parts, *, block: int):
+    """Components -> float[C_in, nblocks, block], the tail padded with the last value (zero residuals)."""
+    pad = -parts[0].size % block
+    return jnp.stack([jnp.pad(p.reshape(-1), (0, pad), mode="edge") for p in parts]).reshape(len(parts), -1, block)
 
 
 @functools.partial(jax.jit, static_argnames=("dims", "block", "period"))
@@ -242,15 +249,13 @@ def compress(x, bound: float, mode: str = "abs", *, predictor: str = "lorenzo", 
     shape = tuple(int(s) for s in np.shape(x))
     n = math.prod(shape)
     with jax.enable_x64(True):
-        parts = _components(x, dtype)
+        parts = _components(jnp.asarray(x))
         scheme, scalars = _scheme_and_scalars(parts, dtype, float(bound), mode, complex_as)
         s = jnp.asarray(scalars, jnp.float64)
         ndim = sum(1 for d in shape if d > 1)
         dims = 0 if predictor == "none" else min(max(ndim, 1), 3)
         if dims == 1:
-            flat = [p.reshape(-1) for p in parts]
-            pad = -n % block
-            xs = jnp.stack([jnp.pad(p, (0, pad), mode="edge") for p in flat]).reshape(len(parts), -1, block)
+            xs = _blocks(parts, block=block)
             if _use_kernel(use_kernel):
                 planes, widths, anchors, flags = eb.quantize_pack(xs, eb.shift_prev(xs), s, scheme=scheme)
             else:

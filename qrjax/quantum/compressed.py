@@ -76,7 +76,9 @@ class Stage:
 
 
 def plan_stages(circuit: Circuit, block_qubits: int, group_qubits: int, *, remap: bool = True):
-    """Partition the circuit into stages -> (stages, final layout: logical qubit -> physical position)."""
+    """Partition the circuit into stages -> (stages, final layout: logical qubit -> physical position).
+
+    SWAP gates cost nothing: they only exchange two qubits' entries in the layout."""
     n, b = circuit.num_qubits, min(block_qubits, circuit.num_qubits)
     k_max = min(group_qubits, n - b)
     layout = list(range(n))  # logical -> physical
@@ -92,14 +94,20 @@ def plan_stages(circuit: Circuit, block_qubits: int, group_qubits: int, *, remap
     stages, i, gates = [], 0, circuit.gates
     while i < len(gates):
         glob: set[int] = set()
-        start = i
+        stage_gates = []
         while i < len(gates):
+            if gates[i].name == "swap":  # a SWAP is a relabelling of where two qubits live: no data moves
+                q0, q1 = gates[i].qubits
+                layout[q0], layout[q1] = layout[q1], layout[q0]
+                i += 1
+                continue
             need = {layout[q] for q in gates[i].qubits if layout[q] >= b}
             if len(glob | need) > k_max:
                 break
             glob |= need
+            stage_gates.append((gates[i], tuple(layout[q] for q in gates[i].qubits)))
             i += 1
-        if i == start:
+        if not stage_gates and i < len(gates):
             raise ValueError(f"plan_stages: gate {i} ({gates[i]}) touches {len(need)} global qubits but a stage may "
                              f"touch group_qubits={group_qubits}; raise group_qubits to at least 2")
         logical_at = {p: q for q, p in enumerate(layout)}
@@ -108,7 +116,7 @@ def plan_stages(circuit: Circuit, block_qubits: int, group_qubits: int, *, remap
             glob |= set(spare[:k_max - len(glob)])
         order = sorted(glob)
         local_of = {p: p for p in range(b)} | {p: b + j for j, p in enumerate(order)}
-        stage_gates = tuple(g.remap({q: local_of[layout[q]] for q in g.qubits}) for g in gates[start:i])
+        stage_gates = tuple(g.remap({q: local_of[p] for q, p in zip(g.qubits, phys)}) for g, phys in stage_gates)
         perm = None
         if remap and i < len(gates) and order:
             phys = list(range(b)) + order  # local position -> physical position
@@ -125,7 +133,8 @@ def plan_stages(circuit: Circuit, block_qubits: int, group_qubits: int, *, remap
                 for j, q in enumerate(members):
                     new_layout[q] = phys[perm[j]]
                 layout = new_layout
-        stages.append(Stage(tuple(order), stage_gates, perm))
+        if stage_gates or perm is not None:
+            stages.append(Stage(tuple(order), stage_gates, perm))
     return stages, tuple(layout)
 
 
@@ -295,16 +304,8 @@ def simulate_compressed(circuit: Circuit, config: CompressedConfig = CompressedC
         it = tqdm(stages, desc=f"{circuit.name} ({circuit.num_qubits} qubits, compressed)", unit="stage")
     for s_idx, stage in enumerate(it):
         st.run_stage(stage)
-        if stage.perm is not None:
-            st.layout = _apply_perm(st.layout, st.b, stage)
         if on_stage:
             on_stage(s_idx, stage)
-    assert st.layout == layout
+    st.layout = layout
     return RunResult(st, circuit.num_qubits, time.perf_counter() - t0, len(stages), len(circuit.gates),
                      st.compressions, st.meter.peak, st.stored_bytes, st.raw_bytes)
-
-
-def _apply_perm(layout: tuple[int, ...], b: int, stage: Stage) -> tuple[int, ...]:
-    phys = list(range(b)) + list(stage.globals)
-    where = {p: j for j, p in enumerate(phys)}
-    return tuple(phys[stage.perm[where[p]]] if p in where else p for p in layout)

@@ -1,0 +1,129 @@
+"""`qrjax quantum run`: simulate a circuit (OpenQASM 2.0 file or a named builder), dense or compressed (BMQSim), and
+print a JSON summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHECK_MAX_QUBITS = 26  # the dense reference run for the fidelity fits comfortably up to here
+
+
+def _circuit(args):
+    from qrjax.quantum import QasmError, build, load_qasm
+
+    if bool(args.file) == bool(args.circuit):
+        raise SystemExit("qrjax quantum run: give either FILE.qasm or --circuit NAME --qubits N")
+    try:
+        if args.file:
+            return load_qasm(args.file)
+        if args.qubits is None:
+            raise SystemExit("qrjax quantum run: --circuit needs --qubits N")
+        return build(args.circuit, args.qubits)
+    except FileNotFoundError:
+        raise SystemExit(f"qrjax quantum run: {args.file}: no such file") from None
+    except (QasmError, ValueError) as err:
+        raise SystemExit(f"qrjax quantum run: {err}") from None
+
+
+def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bool | None = None,
+        progress: bool = True) -> tuple[dict, object]:
+    """-> (summary dict, final state: a CompressedState or a dense array)."""
+    import jax
+
+    from qrjax.quantum import fidelity, simulate
+
+    n = circuit.num_qubits
+    summary = {"circuit": circuit.name, "qubits": n, "gates": len(circuit.gates),
+               "mode": "compressed" if compressed else "dense", "dtype": np.dtype(dtype).name}
+    x64 = jax.enable_x64(np.dtype(dtype) == np.complex128)
+    with x64:
+        if compressed:
+            from qrjax.quantum.compressed import simulate_compressed
+
+            res = simulate_compressed(circuit, config, dtype=dtype, progress=progress)
+            final = res.state
+            summary.update(res.summary())
+            summary.update(bound=config.bound, error_mode=config.mode, block_qubits=final.b,
+                           group_qubits=config.group_qubits)
+        else:
+            t0 = time.perf_counter()
+            final = simulate(circuit, dtype=dtype, progress=progress)
+            final.block_until_ready()
+            summary.update(seconds=time.perf_counter() - t0, peak_bytes=final.nbytes, stages=None,
+                           compression_ratio=1.0)
+        if check is None:
+            check = compressed and n <= CHECK_MAX_QUBITS
+        if check and compressed:
+            exact = simulate(circuit, dtype=dtype)
+            summary["fidelity"] = fidelity(exact, final.to_dense())
+    summary["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return summary, final
+
+
+def cmd_run(args) -> int:
+    from qrjax.quantum.compressed import CompressedConfig
+
+    circuit = _circuit(args)
+    config = None
+    if args.compressed:
+        try:
+            config = CompressedConfig(block_qubits=args.block_qubits, group_qubits=args.group_qubits,
+                                      bound=args.bound, mode=args.mode, workers=args.workers)
+        except ValueError as err:
+            raise SystemExit(f"qrjax quantum run: {err}") from None
+    elif args.bound is not None and args.bound != 1e-3 or args.mode != "pw_rel":
+        raise SystemExit("qrjax quantum run: --bound/--mode need --compressed")
+    try:
+        summary, final = run(circuit, compressed=args.compressed, config=config, dtype=np.dtype(args.dtype),
+                             check=args.check, progress=not args.quiet)
+    except ValueError as err:
+        raise SystemExit(f"qrjax quantum run: {err}") from None
+    if args.save_state:
+        state = final.to_dense() if args.compressed else np.asarray(final)
+        np.save(args.save_state, state.astype(state.dtype.newbyteorder("<")))
+        summary["state_file"] = str(args.save_state)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            print(f"{k:>18}: {v}")
+    return 0
+
+
+def register(systems) -> None:
+    q = systems.add_parser("quantum", help="state-vector quantum simulation, dense or compressed (BMQSim)",
+                           description="Simulate quantum circuits; --compressed holds the state in error-bounded "
+                                       "compressed blocks.")
+    cmds = q.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = cmds.add_parser("run", help="run FILE.qasm or --circuit NAME --qubits N; JSON summary")
+    r.add_argument("file", nargs="?", type=Path, help="OpenQASM 2.0 file")
+    r.add_argument("--circuit", help="builder: ghz, qft, bv, qaoa, ising, random")
+    r.add_argument("--qubits", type=int)
+    r.add_argument("--compressed", action="store_true", help="hold the state compressed (BMQSim)")
+    r.add_argument("--bound", type=float, default=1e-3, help="error bound (default 1e-3)")
+    r.add_argument("--mode", default="pw_rel", choices=["abs", "rel", "pw_rel"], help="error-bound mode")
+    r.add_argument("--block-qubits", type=int, default=20, help="amplitudes per stored block = 2^B (default 20)")
+    r.add_argument("--group-qubits", type=int, default=6, help="global qubits per stage (default 6)")
+    r.add_argument("--workers", type=int, default=2, help="groups in flight (default 2)")
+    r.add_argument("--dtype", default="complex64", choices=["complex64", "complex128"])
+    r.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"compare with a dense run for the fidelity (default: when compressed and qubits <= "
+                        f"{CHECK_MAX_QUBITS})")
+    r.add_argument("--save-state", type=Path, metavar="OUT.npy",
+                   help="write the final amplitudes (complex, qiskit's little-endian order)")
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+
+if __name__ == "__main__":
+    from qrjax.cli import main
+
+    sys.exit(main(["quantum"] + sys.argv[1:]))

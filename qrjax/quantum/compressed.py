@@ -255,6 +255,29 @@ class CompressedState:
             self._store(i, blob)
         self.meter.add(-new)  # the new streams were counted in flight; now they are the store
 
+    def logical_indices(self, block: int) -> np.ndarray:
+        """uint64[2^b]: the logical amplitude index of each position of stored block `block`."""
+        phys = (np.uint64(block) << np.uint64(self.b)) | np.arange(1 << self.b, dtype=np.uint64)
+        out = np.zeros_like(phys)
+        for q, p in enumerate(self.layout):
+            out |= ((phys >> np.uint64(p)) & np.uint64(1)) << np.uint64(q)
+        return out
+
+    def fidelity_to(self, amplitudes, progress: bool = False) -> float:
+        """|<ref|psi>|^2 / <psi|psi> against a normalised reference given as a function of logical indices
+        (`qrjax.quantum.exact`), streamed block by block, so it works at any size the store holds."""
+        overlap, norm = 0j, 0.0
+        blocks = [i for i, blob in enumerate(self.blocks) if blob]
+        if progress:
+            from tqdm.auto import tqdm
+
+            blocks = tqdm(blocks, desc="fidelity", unit="block")
+        for i in blocks:
+            psi = np.asarray(decompress(Compressed.from_bytes(self.blocks[i]))).astype(np.complex128)
+            overlap += np.vdot(amplitudes(self.logical_indices(i)), psi)
+            norm += np.vdot(psi, psi).real
+        return float(abs(overlap) ** 2 / norm)
+
     def to_dense(self) -> np.ndarray:
         """The amplitudes in logical qubit order (qiskit's little-endian): dtype[2^n] (needs 2^n * itemsize bytes)."""
         state = np.zeros((len(self.blocks), 1 << self.b), self.dtype)

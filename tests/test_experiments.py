@@ -55,3 +55,30 @@ def test_qrmark_throughput_smoke(tmp_path):
     assert s["decisions_equal"]["equal"] == s["decisions_equal"]["checked"] == 24
     assert (tmp_path / "qrmark_throughput.md").read_text().startswith("# QRMark detection throughput")
     assert (tmp_path / "qrmark_throughput.png").stat().st_size > 0
+
+
+def test_compression_vs_peers_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "compression_vs_peers.py"), "--qubits", "10", "--field", "16",
+           "--embed-rows", "64", "--repeats", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "compression_vs_peers.json").read_text())
+    assert all(r["violations"] == 0 and r["max_err_over_bound"] <= 1 for r in result["rows"])
+    assert {r["data"] for r in result["rows"]} == {"GHZ-10", "QFT-10", "RANDOM-10", "field-16^3", "embedding-0k"}
+    if result["peers"]:
+        assert result["summary_vs_sz3"]
+    assert (tmp_path / "compression_vs_peers.png").stat().st_size > 0
+
+
+def test_bmqsim_memory_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "bmqsim_memory.py"), "--sizes", "8", "--large-qft", "10",
+           "--large-ghz", "12", "--block-qubits", "4", "--group-qubits", "2", "--max-dense", "8", "--out",
+           str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bmqsim_memory.json").read_text())
+    assert [r["circuit"] for r in result["rows"]] == ["ghz", "qft", "bv", "qaoa", "random"]
+    assert all(r["compressed_fidelity"] > 0.99 for r in result["rows"])
+    assert [(r["circuit"], r["qubits"]) for r in result["large"]] == [("ghz", 12), ("qft", 10)]
+    assert result["limits"]["dense_complex64_model_max_qubits"] == 31
+    assert (tmp_path / "bmqsim_memory.md").read_text().startswith("# BMQSim")

@@ -233,14 +233,19 @@ class CompressedState:
         finally:
             self.meter.add(-2 * dense)
 
-    def run_stage(self, stage: Stage):
+    def run_stage(self, stage: Stage, progress: bool = False):
         order = stage.globals
         outer_bits = self.n - self.b - len(order)
         groups = [self._group_blocks(order, o) for o in range(1 << outer_bits)]
         live = [g for g in groups if any(self.blocks[i] for i in g)]
+        todo = live
+        if progress and len(live) > 8:
+            from tqdm.auto import tqdm
+
+            todo = tqdm(live, desc="groups", unit="group", leave=False)
         with ThreadPoolExecutor(max(1, self.config.workers)) as pool:
             pending = []
-            for g in live:
+            for g in todo:
                 pending.append(pool.submit(self._run_group, g, stage))
                 if len(pending) > self.config.workers:
                     self._commit(pending.pop(0).result())
@@ -326,7 +331,7 @@ def simulate_compressed(circuit: Circuit, config: CompressedConfig = CompressedC
 
         it = tqdm(stages, desc=f"{circuit.name} ({circuit.num_qubits} qubits, compressed)", unit="stage")
     for s_idx, stage in enumerate(it):
-        st.run_stage(stage)
+        st.run_stage(stage, progress)
         if on_stage:
             on_stage(s_idx, stage)
     st.layout = layout

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
-import json
 import math
 import struct
 
@@ -45,7 +43,7 @@ DTYPES = ("float32", "float64", "complex64", "complex128")
 ABS_SHRINK = 1.0 - 2.0**-10
 LOG_SHRINK = 1.0 - 2.0**-6
 MAGIC = b"QRJC"
-VERSION = 1
+VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,20 +348,52 @@ def _assemble(parts, idx, vals, *, n, shape, dtype):
 # ------------------------------------------------------------------------------------------------- serialisation
 
 _ARRAYS = ("widths", "payload", "anchors", "zero", "neg", "outlier_index", "outlier_value")
+_NAMES = {"mode": MODES, "rep": ("real", "cartesian", "polar"), "predictor": ("none", "lorenzo1", "lorenzo2",
+                                                                               "lorenzo3"),
+          "lossless": LOSSLESS, "dtype": DTYPES}
+_ARRAY_DTYPES = ("uint8", "uint32", "int32", "int64") + DTYPES
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        byte = buf[pos]
+        v |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return v, pos
 
 
 def _to_bytes(c: Compressed) -> bytes:
-    arrays = {k: np.ascontiguousarray(getattr(c, k)) for k in _ARRAYS}
-    header = {"meta": dataclasses.asdict(c.meta),
-              "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()}}
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = struct.pack("<I", len(head)) + head + b"".join(a.tobytes() for a in arrays.values())
+    """A compact binary stream (the header is ~100 bytes, so small blocks stay cheap): magic, version, codec, then
+    (optionally zstd-compressed) varint metadata, 6 float64 scalars, and each array as dtype, rank, dims, bytes."""
+    m = c.meta
+    head = bytearray()
+    for key in ("mode", "rep", "predictor", "lossless", "dtype"):
+        head.append(_NAMES[key].index(getattr(m, key)))
+    head += _varint(len(m.shape)) + b"".join(_varint(d) for d in m.shape)
+    head += _varint(m.block) + _varint(m.period)
+    head += struct.pack("<7d", m.bound, *m.scalars)
+    for k in _ARRAYS:
+        a = np.ascontiguousarray(getattr(c, k))
+        head.append(_ARRAY_DTYPES.index(a.dtype.name))
+        head += _varint(a.ndim) + b"".join(_varint(d) for d in a.shape)
+    body = bytes(head) + b"".join(np.ascontiguousarray(getattr(c, k)).tobytes() for k in _ARRAYS)
     codec = 0
-    if c.meta.lossless != "none":
+    if m.lossless != "none":
         import zstandard
 
         packed = zstandard.ZstdCompressor(level=3).compress(body)
-        if c.meta.lossless == "zstd" or len(packed) < len(body):
+        if m.lossless == "zstd" or len(packed) < len(body):
             body, codec = packed, 1
     return MAGIC + bytes([VERSION, codec]) + body
 
@@ -380,13 +410,37 @@ def _from_bytes(data: bytes) -> Compressed:
         body = zstandard.ZstdDecompressor().decompress(body)
     elif data[5] != 0:
         raise ValueError(f"Compressed.from_bytes: unknown lossless codec {data[5]}")
-    (hlen,) = struct.unpack_from("<I", body)
-    header = json.loads(body[4:4 + hlen])
-    meta = header["meta"]
-    meta = Meta(**{**meta, "shape": tuple(meta["shape"]), "scalars": tuple(meta["scalars"])})
-    buf, arrays = io.BytesIO(body[4 + hlen:]), {}
-    for k in _ARRAYS:
-        dt, shape = header["arrays"][k]
-        dt = np.dtype(dt)
-        arrays[k] = np.frombuffer(buf.read(dt.itemsize * math.prod(shape)), dt).reshape(shape).copy()
+    buf = memoryview(body)
+    try:
+        meta = {key: _NAMES[key][buf[i]] for i, key in enumerate(("mode", "rep", "predictor", "lossless", "dtype"))}
+        pos = 5
+        ndim, pos = _read_varint(buf, pos)
+        shape = []
+        for _ in range(ndim):
+            d, pos = _read_varint(buf, pos)
+            shape.append(d)
+        block, pos = _read_varint(buf, pos)
+        period, pos = _read_varint(buf, pos)
+        bound, *scalars = struct.unpack_from("<7d", buf, pos)
+        pos += 56
+        specs = []
+        for _ in _ARRAYS:
+            dt = np.dtype(_ARRAY_DTYPES[buf[pos]])
+            rank, pos = _read_varint(buf, pos + 1)
+            dims = []
+            for _ in range(rank):
+                d, pos = _read_varint(buf, pos)
+                dims.append(d)
+            specs.append((dt, tuple(dims)))
+        arrays = {}
+        for k, (dt, dims) in zip(_ARRAYS, specs):
+            size = dt.itemsize * math.prod(dims)
+            if pos + size > len(buf):
+                raise IndexError
+            arrays[k] = np.frombuffer(buf[pos:pos + size], dt).reshape(dims).copy()
+            pos += size
+    except (IndexError, struct.error):
+        raise ValueError("Compressed.from_bytes: the stream is truncated or corrupt") from None
+    meta = Meta(tuple(shape), meta["dtype"], meta["mode"], bound, meta["rep"], meta["predictor"], block, period,
+                tuple(scalars), meta["lossless"])
     return Compressed(meta, **arrays)

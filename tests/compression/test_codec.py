@@ -158,3 +158,9 @@ def test_bad_input_is_named(bad, match):
 def test_bad_stream_is_named():
     with pytest.raises(ValueError, match="bad magic"):
         Compressed.from_bytes(b"nonsense")
+
+
+def test_truncated_stream_is_named(rng):
+    blob = compress(rng.standard_normal(1000).astype(np.float32), 1e-3, "abs", lossless="none").to_bytes()
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        Compressed.from_bytes(blob[:-10])

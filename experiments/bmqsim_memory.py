@@ -14,7 +14,7 @@ run (or the closed-form state for GHZ/QFT/BV where the dense run is skipped). A 
 circuit's previous size as x2 per qubit (dense + compressed + fidelity), exceeds `--budget` seconds is skipped and
 reported as such.
 
-Part 2, the largest qubit count within 24 GiB: compressed runs of GHZ and QFT past the dense limit (`--large-ghz`,
+Part 2 (run first), the largest qubit count within 24 GiB: compressed runs of GHZ and QFT past the dense limit (`--large-ghz`,
 `--large-qft`), with their closed-form fidelity; the dense and qiskit-aer limits from their memory requirements
 (2^n x 8 bytes for complex64 / aer single precision), with aer asked to run one qubit past its limit to confirm it
 refuses.
@@ -89,13 +89,13 @@ def main(argv=None) -> int:
     from qrjax.quantum.exact import exact_amplitudes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 20, 24, 28])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 20, 22, 24, 26, 28])
     ap.add_argument("--circuits", nargs="+", default=list(CIRCUITS))
     ap.add_argument("--block-qubits", type=int, default=20)
     ap.add_argument("--group-qubits", type=int, default=6)
     ap.add_argument("--bound", type=float, default=1e-3)
-    ap.add_argument("--max-dense", type=int, default=28, help="largest n for the dense run (fidelity reference)")
-    ap.add_argument("--budget", type=float, default=900,
+    ap.add_argument("--max-dense", type=int, default=26, help="largest n for the dense run (fidelity reference)")
+    ap.add_argument("--budget", type=float, default=600,
                     help="seconds: a run projected (x2 per qubit) past this is skipped")
     ap.add_argument("--large-qft", type=int, nargs="*", default=[32])
     ap.add_argument("--large-ghz", type=int, nargs="*", default=[36])
@@ -104,7 +104,26 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     config = CompressedConfig(block_qubits=args.block_qubits, group_qubits=args.group_qubits, bound=args.bound)
-    rows, last = [], {}
+    rows, large, last = [], [], {}
+
+    def save():  # after every run, so a long job's finished rows survive an interruption
+        payload = {"machine": bench.machine_info(), "settings": vars(args), "rows": rows, "large": large,
+                   "limits": limits(args, rows, large)}
+        write_markdown(payload, args.out)
+        return payload
+
+    for name, sizes in (("ghz", args.large_ghz), ("qft", args.large_qft)):
+        for n in sizes:
+            circuit = build(name, n)
+            comp = compressed_run(circuit, config, None, exact_amplitudes(name, n), progress=True)
+            comp.update(circuit=name, dense_bytes=(1 << n) * 8,
+                        within_memory=comp["peak_bytes"] <= args.memory_gib * GIB,
+                        max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            large.append(comp)
+            save()
+            tqdm.write(f"{name}-{n} compressed: {comp['seconds']:.0f}s, peak {comp['peak_bytes'] / GIB:.2f} GiB, "
+                       f"F={comp['fidelity']:.6f}")
+
     jobs = [(name, n) for n in args.sizes for name in args.circuits]
     for name, n in tqdm(jobs, desc="bmqsim_memory part 1", unit="run"):
         if name in last:  # time grows about as 2^n: skip a run projected past the budget
@@ -128,34 +147,27 @@ def main(argv=None) -> int:
         row["memory_reduction"] = row["dense_bytes"] / comp["peak_bytes"]
         rows.append(row)
         last[name] = (n, row.get("dense_seconds", 0) + comp["seconds"] + comp.get("fidelity_seconds", 0))
+        save()
         tqdm.write(f"{name}-{circuit.num_qubits}: dense {row.get('dense_seconds', float('nan')):.1f}s, compressed "
                    f"{comp['seconds']:.1f}s, peak {comp['peak_bytes'] / 2**20:.1f} MiB, ratio "
                    f"{comp['compression_ratio']:.1f}, F={comp.get('fidelity', float('nan')):.6f}")
 
-    large = []
-    for name, sizes in (("ghz", args.large_ghz), ("qft", args.large_qft)):
-        for n in sizes:
-            circuit = build(name, n)
-            comp = compressed_run(circuit, config, None, exact_amplitudes(name, n), progress=True)
-            comp.update(circuit=name, dense_bytes=(1 << n) * 8,
-                        within_memory=comp["peak_bytes"] <= args.memory_gib * GIB,
-                        max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            large.append(comp)
-            tqdm.write(f"{name}-{n} compressed: {comp['seconds']:.0f}s, peak {comp['peak_bytes'] / GIB:.2f} GiB, "
-                       f"F={comp['fidelity']:.6f}")
-    dense_max = int(math.floor(math.log2(args.memory_gib * GIB / 8)))
-    limits = {"memory_gib": args.memory_gib, "dense_complex64_model_max_qubits": dense_max,
-              "qiskit_aer": aer_limit(args.memory_gib),
-              "compressed_max_qubits_run": {name: max([r["qubits"] for r in large if r["circuit"] == name
-                                                       and r["within_memory"]] +
-                                                      [r["qubits"] for r in rows if r.get("circuit") == name
-                                                       and "compressed_seconds" in r], default=None)
-                                            for name in args.circuits}}
-    payload = {"machine": bench.machine_info(), "settings": vars(args), "rows": rows, "large": large,
-               "limits": limits}
+    payload = save()
+    payload["limits"]["qiskit_aer"] = aer_limit(args.memory_gib)
     write_markdown(payload, args.out)
     plot(rows, f"{args.out}/bmqsim_memory.png")
     return 0
+
+
+def limits(args, rows, large) -> dict:
+    return {"memory_gib": args.memory_gib,
+            "dense_complex64_model_max_qubits": int(math.floor(math.log2(args.memory_gib * GIB / 8))),
+            "qiskit_aer": None,
+            "compressed_max_qubits_run": {name: max([r["qubits"] for r in large if r["circuit"] == name
+                                                     and r["within_memory"]] +
+                                                    [r["qubits"] for r in rows if r.get("circuit") == name
+                                                     and "compressed_seconds" in r], default=None)
+                                          for name in args.circuits}}
 
 
 def write_markdown(payload, out):

@@ -190,40 +190,44 @@ def unzigzag(u):
     return (jnp.right_shift(u, 1) ^ (jnp.uint32(0) - (u & 1))).astype(jnp.int32)
 
 
-def pack_planes(u):
-    """u: uint32[..., B] (B a multiple of 32) -> (planes uint32[..., 32, B/32], widths int32[...]).
+def pack_planes(u, nplanes: int = WORD):
+    """u: uint32[..., B] (B a multiple of 32) -> (planes uint32[..., nplanes, B/32], widths int32[...]).
 
-    Plane p, word j holds bit p of residuals 32j..32j+31 (residual 32j+i at bit i)."""
+    Plane p, word j holds bit p of residuals 32j..32j+31 (residual 32j+i at bit i). Planes from nplanes up are
+    left out: the caller passes at least the largest width (planes at or above a block's width are zero)."""
     # The barrier keeps XLA from fusing the residuals' producer into each of the 32 plane reductions (measured on CPU:
     # it would recompute the quantisation 32 times).
     v = jax.lax.optimization_barrier(u).reshape(u.shape[:-1] + (u.shape[-1] // WORD, WORD))
     p = jnp.arange(WORD, dtype=jnp.uint32)
-    bits = (v[..., None, :, :] >> p[:, None, None]) & 1
+    bits = (v[..., None, :, :] >> p[:nplanes, None, None]) & 1
     planes = jnp.sum(bits << p, axis=-1, dtype=jnp.uint32)
     widths = WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32)
     return planes, widths
 
 
 def unpack_planes(planes):
-    """planes: uint32[..., 32, B/32] -> u: uint32[..., B] (inverse of `pack_planes`)."""
+    """planes: uint32[..., P, B/32] (P <= 32 lowest planes) -> u: uint32[..., B] (inverse of `pack_planes`)."""
     p = jnp.arange(WORD, dtype=jnp.uint32)
     bits = (planes[..., None] >> p) & 1  # [..., plane, word, i]
-    u = jnp.sum(bits << p[:, None, None], axis=-3, dtype=jnp.uint32)
+    u = jnp.sum(bits << p[:planes.shape[-2], None, None], axis=-3, dtype=jnp.uint32)
     return u.reshape(u.shape[:-2] + (-1,))
 
 
 # --------------------------------------------------------------------------------------------------- the kernels
 
 
+def _residual(q, prev, period: int):
+    """codes and their predecessors int32[..., B] -> (zig-zag residuals uint32[..., B], widths int32[...],
+    anchors int32[...]: the predecessor of each block's first value)."""
+    u = zigzag(wrap(q - prev, period))
+    return u, WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32), prev[..., 0]
+
+
 def _pack_codes(codes, prev, scheme: Scheme):
     """codes, prev: C int32 arrays [R, B] -> planes [C, R, 32, W], widths [C, R], anchors [C, R]."""
-    planes, widths, anchors = [], [], []
-    for c, (q, qp) in enumerate(zip(codes, prev)):
-        p, w = pack_planes(zigzag(wrap(q - qp, scheme.period if c == 1 else 0)))
-        planes.append(p)
-        widths.append(w)
-        anchors.append(qp[:, 0])
-    return jnp.stack(planes), jnp.stack(widths), jnp.stack(anchors)
+    out = [_residual(q, qp, scheme.period if c == 1 else 0) for c, (q, qp) in enumerate(zip(codes, prev))]
+    return (jnp.stack([pack_planes(u)[0] for u, _, _ in out]), jnp.stack([w for _, w, _ in out]),
+            jnp.stack([a for _, _, a in out]))
 
 
 def _decode_blocks(planes, anchors, flags, scalars, scheme: Scheme):
@@ -300,19 +304,19 @@ def quantize_pack(xs: jax.Array, xs_prev: jax.Array, scalars: jax.Array, *, sche
 @functools.partial(jax.jit, static_argnames=("scheme", "block_sizes", "interpret"))
 def unpack_reconstruct(planes: jax.Array, anchors: jax.Array, flags: jax.Array, scalars: jax.Array, *,
                        scheme: Scheme, block_sizes: BlockSizes | None = None, interpret: bool | None = None):
-    """planes uint32[C, R, 32, B/32], anchors int32[C, R], flags uint8[R, B], scalars f64[6] -> float[C_in, R, B]
-    (component dtype; outliers not patched).
+    """planes uint32[C, R, P, B/32] (the P <= 32 lowest planes), anchors int32[C, R], flags uint8[R, B], scalars
+    f64[6] -> float[C_in, R, B] (component dtype; outliers not patched).
 
     Fallback: `unpack_reconstruct_reference` (plain jnp, bit-identical)."""
     interpret = resolve_interpret(interpret)
-    c, rows, _, w = planes.shape
+    c, rows, nplanes, w = planes.shape
     b = w * WORD
     r = _rows(rows, block_sizes, interpret)
     return pl.pallas_call(
         functools.partial(_unpack_reconstruct_kernel, scheme=scheme),
         out_shape=jax.ShapeDtypeStruct((c, rows, b), scheme.component_dtype),
         grid=(rows // r,),
-        in_specs=[pl.BlockSpec((c, r, WORD, w), lambda i: (0, i, 0, 0)), pl.BlockSpec((c, r), lambda i: (0, i)),
+        in_specs=[pl.BlockSpec((c, r, nplanes, w), lambda i: (0, i, 0, 0)), pl.BlockSpec((c, r), lambda i: (0, i)),
                   pl.BlockSpec((r, b), lambda i: (i, 0)), pl.BlockSpec((6,), lambda i: (0,))],
         out_specs=pl.BlockSpec((c, r, b), lambda i: (0, i, 0)),
         interpret=interpret,
@@ -326,19 +330,34 @@ def _encode_flat(xs, scalars, *, scheme: Scheme):
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "scheme"))
-def _pack_flat(codes, *, rows: int, scheme: Scheme):
-    prev = [jnp.concatenate([q[:1], q[:-1]]).reshape(rows, -1) for q in codes]
-    return _pack_codes([q.reshape(rows, -1) for q in codes], prev, scheme)
+def _residuals(codes, *, rows: int, scheme: Scheme):
+    """codes: C int32[N] -> zig-zag residuals uint32[C, R, B], widths int32[C, R], anchors int32[C, R]."""
+    out = [_residual(q.reshape(rows, -1), jnp.concatenate([q[:1], q[:-1]]).reshape(rows, -1),
+                     scheme.period if c == 1 else 0) for c, q in enumerate(codes)]
+    return tuple(jnp.stack(a) for a in zip(*out))
 
 
-def quantize_pack_reference(xs, scalars, *, scheme: Scheme):
-    """Plain-jnp `quantize_pack`, quantising each value once and shifting the codes (the kernel cannot reach across
-    its block, so it quantises the shifted input instead). Two XLA programs: fused into one, the quantisation ran
-    about 3x slower on CPU (measured, 2^22 complex64 values)."""
+@functools.partial(jax.jit, static_argnames=("nplanes",))
+def _planes(u, *, nplanes: int):
+    return pack_planes(u, nplanes)[0]
+
+
+def encode_residuals(xs, scalars, *, scheme: Scheme):
+    """The first half of `quantize_pack_reference`: -> (residuals uint32[C, R, B], widths, anchors, flags[R, B]).
+    Three XLA programs: fused, XLA recomputed the quantisation for each consumer (about 3x slower on CPU)."""
     _check(xs, scheme)
     _, rows, b = xs.shape
     codes, flags = _encode_flat(xs, scalars, scheme=scheme)
-    return _pack_flat(codes, rows=rows, scheme=scheme) + (flags.reshape(rows, b),)
+    u, widths, anchors = _residuals(codes, rows=rows, scheme=scheme)
+    return u, widths, anchors, flags.reshape(rows, b)
+
+
+def quantize_pack_reference(xs, scalars, *, scheme: Scheme, nplanes: int = WORD):
+    """Plain-jnp `quantize_pack`, quantising each value once and shifting the codes (the kernel cannot reach across
+    its block, so it quantises the shifted input instead). With nplanes < 32 only the lowest planes are returned
+    (`qrjax.compression` passes the largest width, which cuts the packing work on CPU)."""
+    u, widths, anchors, flags = encode_residuals(xs, scalars, scheme=scheme)
+    return _planes(u, nplanes=nplanes), widths, anchors, flags
 
 
 @functools.partial(jax.jit, static_argnames=("scheme",))

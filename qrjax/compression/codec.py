@@ -178,6 +178,7 @@ def _scheme_and_scalars(parts, dtype: np.dtype, bound: float, mode: str, complex
                              f"the magnitude), got mode={mode!r}")
     period, step1, centres = 0, 0.0, [0.0, 0.0]
     if mode == "pw_rel":
+        check = bound
         if rep == "polar":  # |a_hat - a| <= |a| (eps_m + eps_p (1 + eps_m)) = eps |a|
             eps_m, eps_p = bound / 2, (bound / 2) / (1 + bound / 2)
             period = 1 << math.ceil(math.log2(math.pi / (eps_p * LOG_SHRINK)))
@@ -185,14 +186,14 @@ def _scheme_and_scalars(parts, dtype: np.dtype, bound: float, mode: str, complex
         else:
             eps_m = bound
         step0 = 2 * math.log2(1 + eps_m) * LOG_SHRINK
-        check = bound
     else:
-        rng = np.asarray(_ranges(parts))
-        e = bound if mode == "abs" else bound * float(np.max(rng[:, 1] - rng[:, 0]))
-        centres = [float((lo + hi) / 2) for lo, hi in rng] + [0.0] * (2 - len(parts))
-        per_part = e / math.sqrt(2) if is_complex else e  # |(de_re, de_im)| <= e
-        step0 = 2 * per_part * ABS_SHRINK
-        check = e
+        if mode == "abs":  # codes around zero: no pass over the data first (Lorenzo removes offsets anyway)
+            check = bound
+        else:  # rel: one pass for the range, and codes around its centre
+            rng = np.asarray(_ranges(parts))
+            check = bound * float(np.max(rng[:, 1] - rng[:, 0]))
+            centres = [float((lo + hi) / 2) for lo, hi in rng] + [0.0] * (2 - len(parts))
+        step0 = 2 * (check / math.sqrt(2) if is_complex else check) * ABS_SHRINK  # |(de_re, de_im)| <= e
     scheme = eb.Scheme("pw_rel" if mode == "pw_rel" else "abs", rep, dtype.name, period)
     return scheme, (check, step0, step1, centres[0], centres[1], 0.0)
 
@@ -227,8 +228,13 @@ def _field_residuals(codes, *, dims: int, block: int, period: int):
 
 
 @jax.jit
-def _pack_residuals(u):
-    return eb.pack_planes(u)
+def _widths(u):
+    return eb.WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32)
+
+
+def _nplanes(widths) -> int:
+    """Planes to pack: the largest width, rounded up to a multiple of 4 (fewer compiled variants)."""
+    return max(4, -(-int(jnp.max(widths)) // 4) * 4)
 
 
 def _use_kernel(use_kernel):
@@ -256,17 +262,20 @@ def compress(x, bound: float, mode: str = "abs", *, predictor: str = "lorenzo", 
             xs = _blocks(parts, block=block)
             if _use_kernel(use_kernel):
                 planes, widths, anchors, flags = eb.quantize_pack(xs, eb.shift_prev(xs), s, scheme=scheme)
-            else:
-                planes, widths, anchors, flags = eb.quantize_pack_reference(xs, s, scheme=scheme)
+            else:  # pack only the planes the widest block needs (the packing is the costliest step on CPU)
+                u, widths, anchors, flags = eb.encode_residuals(xs, s, scheme=scheme)
+                planes = eb._planes(u, nplanes=_nplanes(widths))
             flags = flags.reshape(-1)[:n]
         else:
             field = tuple(p.reshape(shape if len(shape) <= 3 else (-1,) + shape[-3:]) for p in parts)
             codes, flags = eb._encode_flat(jnp.stack(field), s, scheme=scheme)
             codes = [q.reshape(field[0].shape) for q in codes]
-            planes, widths = _pack_residuals(_field_residuals(codes, dims=dims, block=block, period=scheme.period))
+            u = _field_residuals(codes, dims=dims, block=block, period=scheme.period)
+            widths = _widths(u)
+            planes = eb._planes(u, nplanes=_nplanes(widths))
             anchors = jnp.zeros((scheme.channels, 0), jnp.int32)
         planes, widths, anchors, flags = (np.asarray(a) for a in (planes, widths, anchors, flags))
-    keep = np.arange(eb.WORD) < widths[..., None]
+    keep = np.arange(planes.shape[-2]) < widths[..., None]
     payload = planes[keep].reshape(-1)
     out_idx = np.flatnonzero(flags & eb.OUTLIER)
     x_np = np.asarray(x).reshape(-1) if out_idx.size else np.zeros(0, dtype)
@@ -299,8 +308,9 @@ def decompress(c: Compressed, *, use_kernel: bool | None = None):
     scheme = eb.Scheme("pw_rel" if m.mode == "pw_rel" else "abs", m.rep, m.dtype, m.period)
     n = math.prod(m.shape)
     nch, nblocks = c.widths.shape
-    planes = np.zeros((nch, nblocks, eb.WORD, m.block // eb.WORD), np.uint32)
-    planes[np.arange(eb.WORD) < c.widths[..., None]] = c.payload.reshape(-1, m.block // eb.WORD)
+    nplanes = _nplanes(c.widths) if c.widths.size else 4
+    planes = np.zeros((nch, nblocks, nplanes, m.block // eb.WORD), np.uint32)
+    planes[np.arange(nplanes) < c.widths[..., None]] = c.payload.reshape(-1, m.block // eb.WORD)
     flags = np.zeros(nblocks * m.block, np.uint8)
     for maps, bits in ((c.zero, eb.ZERO), (c.neg, eb.NEG)):
         for bm, bit in zip(maps, bits):

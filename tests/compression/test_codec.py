@@ -164,3 +164,13 @@ def test_truncated_stream_is_named(rng):
     blob = compress(rng.standard_normal(1000).astype(np.float32), 1e-3, "abs", lossless="none").to_bytes()
     with pytest.raises(ValueError, match="truncated or corrupt"):
         Compressed.from_bytes(blob[:-10])
+
+
+@pytest.mark.parametrize("dtype, mode", [("float32", "abs"), ("complex64", "pw_rel")])
+def test_kernel_path_writes_the_same_stream(dtype, mode, rng):
+    """compress/decompress through the Pallas kernels (interpret mode here; the GPU path) = the jnp path."""
+    x = _special("smooth", 8 * 256, dtype, 1e-3, rng)
+    a = compress(x, 1e-3, mode, use_kernel=False)
+    b = compress(x, 1e-3, mode, use_kernel=True)
+    np.testing.assert_array_equal(np.asarray(decompress(a, use_kernel=True)), np.asarray(decompress(b)))
+    assert a.to_bytes() == b.to_bytes()

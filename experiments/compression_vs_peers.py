@@ -8,8 +8,9 @@ Writes experiments/results/compression_vs_peers.{json,md,png}.
 Data: quantum states from `qrjax.quantum` (GHZ, QFT of |1010...>, a random U3+CZ brickwork of depth 8), a smooth 3-D
 field (float32), and embedding-like pooled lookups (float32 [batch, 32]: Zipf-skewed sums of uniform-initialised rows,
 the DLRM all-to-all payload). Every compressor gets the same real float32 arrays (complex states as their real and
-imaginary parts, one 1-D array each, sizes summed) and the same value-range relative bound e = eps (max - min) at
-eps = 1e-2, 1e-3, 1e-4 (SZ3 REL mode; ZFP fixed-accuracy tolerance e; qrjax mode "rel"). Ratio = raw float32 bytes /
+imaginary parts, one 1-D array each, sizes summed) and the same absolute bound e = eps (max - min), the value range
+taken over all parts of the data set, at eps = 1e-2, 1e-3, 1e-4 (SZ3 ABS mode with e; ZFP fixed-accuracy tolerance
+e; qrjax mode "abs" with e). Ratio = raw float32 bytes /
 compressed bytes; throughput = raw bytes / median wall time over `--repeats` (after a warm-up call), compression
 including qrjax's serialisation and zstd. Extra rows: qrjax on the complex state itself (bound on |a_hat - a|, both
 complex representations) and in point-wise relative mode, which neither peer offers.

@@ -71,9 +71,9 @@ for remap in (False, True):
 # Point-wise relative bounds keep small amplitudes accurate. An absolute bound of the same ε wipes them out.
 
 # %%
-circuit = build("random", 12)
+circuit = build("random", 11)
 dense = np.asarray(simulate(circuit))
-bounds = [1e-1, 1e-2, 1e-3, 1e-4]
+bounds = [1e-1, 1e-2, 1e-3]
 fid = {mode: [] for mode in ("pw_rel", "abs")}
 for mode in fid:
     for eps in bounds:

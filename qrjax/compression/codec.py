@@ -16,8 +16,8 @@ stream where it pays. Complex input is two code channels: cartesian (re, im) or 
 modulo a power of two); "auto" picks polar for pw_rel and cartesian otherwise (measured: see
 experiments/results/compression_vs_peers.md).
 
-On GPU the 1-D path runs the fused Pallas kernels; on CPU their plain-jnp references (bit-identical). `use_kernel`
-forces either.
+The 1-D path runs the plain-jnp references of the fused Pallas kernels; `use_kernel=True` runs the kernels, which
+write the same bytes (tested in interpret mode; their GPU lowering has not been run on a device yet).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ DTYPES = ("float32", "float64", "complex64", "complex128")
 # (the shrink factors measured to give zero violations on QFT-22 and random-20 states in the brief).
 ABS_SHRINK = 1.0 - 2.0**-10
 LOG_SHRINK = 1.0 - 2.0**-6
+POLAR_MIN_BOUND = 1e-8
 MAGIC = b"QRJC"
 VERSION = 2
 
@@ -142,6 +143,8 @@ def _check_args(x, bound, mode, predictor, block, complex_as, lossless) -> np.dt
         raise ValueError(f"compress: bound {bound!r} is not a number") from None
     if not (math.isfinite(b) and b > 0):
         raise ValueError(f"compress: bound must be a finite number > 0, got {bound!r}")
+    if b < np.finfo(np.float64).tiny:
+        raise ValueError(f"compress: bound {bound!r} is below the smallest normal float64 (XLA flushes it to zero)")
     if mode == "pw_rel" and b >= 1:
         raise ValueError(f"compress: a point-wise relative bound must be < 1 (got {bound!r}): at 1 every value could "
                          "be stored as zero")
@@ -173,12 +176,19 @@ def _scheme_and_scalars(parts, dtype: np.dtype, bound: float, mode: str, complex
     rep = "real"
     if is_complex:
         rep = ("polar" if mode == "pw_rel" else "cartesian") if complex_as == "auto" else complex_as
+        if complex_as == "auto" and rep == "polar" and bound < POLAR_MIN_BOUND:
+            rep = "cartesian"  # the phase period would pass 2^30 codes
+        if rep == "polar" and mode == "pw_rel" and bound < POLAR_MIN_BOUND:
+            raise ValueError(f"compress: complex_as='polar' needs bound >= {POLAR_MIN_BOUND:g} (the phase code "
+                             f"period passes 2^30 below it), got {bound!r}; use complex_as='cartesian'")
         if rep == "polar" and mode != "pw_rel":
             raise ValueError(f"compress: complex_as='polar' needs mode='pw_rel' (an absolute phase error scales with "
                              f"the magnitude), got mode={mode!r}")
     period, step1, centres = 0, 0.0, [0.0, 0.0]
+    ulp = float(np.finfo(dtype).eps)  # of the component dtype
     if mode == "pw_rel":
         check = bound
+        bound = bound - (eb.ULP_MARGIN + 1) * ulp if bound > 2 * (eb.ULP_MARGIN + 1) * ulp else bound
         if rep == "polar":  # |a_hat - a| <= |a| (eps_m + eps_p (1 + eps_m)) = eps |a|
             eps_m, eps_p = bound / 2, (bound / 2) / (1 + bound / 2)
             period = 1 << math.ceil(math.log2(math.pi / (eps_p * LOG_SHRINK)))
@@ -187,15 +197,36 @@ def _scheme_and_scalars(parts, dtype: np.dtype, bound: float, mode: str, complex
             eps_m = bound
         step0 = 2 * math.log2(1 + eps_m) * LOG_SHRINK
     else:
-        if mode == "abs":  # codes around zero: no pass over the data first (Lorenzo removes offsets anyway)
+        if mode == "abs":  # codes around a sample's median: keeps offset data's codes in range without a full pass
             check = bound
+            stats = np.asarray(_sample(parts))
+            centres = [float(v) for v in stats[:, 0]] + [0.0] * (2 - len(parts))
+            top = 2 * float(np.max(stats[:, 1]))  # an estimate of max |x|, with room
         else:  # rel: one pass for the range, and codes around its centre
             rng = np.asarray(_ranges(parts))
             check = bound * float(np.max(rng[:, 1] - rng[:, 0]))
             centres = [float((lo + hi) / 2) for lo, hi in rng] + [0.0] * (2 - len(parts))
-        step0 = 2 * (check / math.sqrt(2) if is_complex else check) * ABS_SHRINK  # |(de_re, de_im)| <= e
+            top = float(np.max(np.abs(rng)))
+        # The rebuilt value is rounded to the input dtype (half an ulp) and verified with a margin of ULP_MARGIN ulps:
+        # keep the quantisation's half-step below the bound by both, or most values near |x| = top become outliers.
+        half = check * ABS_SHRINK - (eb.ULP_MARGIN + 1) * ulp * top
+        half = half if half > 0 else check * ABS_SHRINK  # bound below the dtype's resolution: outliers decide
+        step0 = 2 * (half / math.sqrt(2) if is_complex else half)  # |(de_re, de_im)| <= e
     scheme = eb.Scheme("pw_rel" if mode == "pw_rel" else "abs", rep, dtype.name, period)
     return scheme, (check, step0, step1, centres[0], centres[1], 0.0)
+
+
+@jax.jit
+def _sample(parts):
+    """Per component, from up to ~1024 evenly strided finite values: (median, max |value|) (0 when none is
+    finite)."""
+    out = []
+    for p in parts:
+        flat = p.reshape(-1)
+        sample = flat[::max(1, flat.size // 1024)]
+        sample = jnp.where(jnp.isfinite(sample), sample, jnp.nan).astype(jnp.float64)
+        out.append(jnp.nan_to_num(jnp.stack([jnp.nanmedian(sample), jnp.nanmax(jnp.abs(sample))])))
+    return jnp.stack(out)
 
 
 @jax.jit
@@ -237,8 +268,9 @@ def _nplanes(widths) -> int:
     return max(4, -(-int(jnp.max(widths)) // 4) * 4)
 
 
-def _use_kernel(use_kernel):
-    return jax.default_backend() != "cpu" if use_kernel is None else bool(use_kernel)
+def _use_kernel(use_kernel) -> bool:
+    """None -> False until the kernels' GPU lowering has been run on a device (see pallas_kernels/error_bounded)."""
+    return bool(use_kernel)
 
 
 def compress(x, bound: float, mode: str = "abs", *, predictor: str = "lorenzo", block: int = 256,
@@ -250,6 +282,9 @@ def compress(x, bound: float, mode: str = "abs", *, predictor: str = "lorenzo", 
     block. lossless: "zstd" always, "none" never, "auto" when it makes the stream smaller.
     """
     dtype = _check_args(x, bound, mode, predictor, block, complex_as, lossless)
+    if isinstance(x, np.ndarray) and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))  # JAX takes native byte order only
+    dtype = np.dtype(dtype.name)
     shape = tuple(int(s) for s in np.shape(x))
     n = math.prod(shape)
     with jax.enable_x64(True):
@@ -267,7 +302,8 @@ def compress(x, bound: float, mode: str = "abs", *, predictor: str = "lorenzo", 
                 planes = eb._planes(u, nplanes=_nplanes(widths))
             flags = flags.reshape(-1)[:n]
         else:
-            field = tuple(p.reshape(shape if len(shape) <= 3 else (-1,) + shape[-3:]) for p in parts)
+            squeezed = tuple(d for d in shape if d > 1)  # size-1 axes carry no neighbours
+            field = tuple(p.reshape(squeezed if len(squeezed) <= 3 else (-1,) + squeezed[-3:]) for p in parts)
             codes, flags = eb._encode_flat(jnp.stack(field), s, scheme=scheme)
             codes = [q.reshape(field[0].shape) for q in codes]
             u = _field_residuals(codes, dims=dims, block=block, period=scheme.period)
@@ -316,7 +352,7 @@ def decompress(c: Compressed, *, use_kernel: bool | None = None):
         for bm, bit in zip(maps, bits):
             if bm.size:  # (np.unpackbits pads an empty input with uninitialised memory, not zeros)
                 flags[:n] |= np.unpackbits(bm, count=n) * np.uint8(bit)
-    x64 = m.dtype in ("float64", "complex128")
+    numpy_out = m.dtype in ("float64", "complex128") and not jax.config.jax_enable_x64
     with jax.enable_x64(True):
         s = jnp.asarray(m.scalars, jnp.float64)
         if m.predictor == "lorenzo1":
@@ -327,12 +363,13 @@ def decompress(c: Compressed, *, use_kernel: bool | None = None):
                 parts = eb.unpack_reconstruct_reference(*args, scheme=scheme)
         else:
             dims = int(m.predictor[-1]) if m.predictor != "none" else 0
-            fshape = m.shape if len(m.shape) <= 3 else (-1,) + m.shape[-3:]
+            squeezed = tuple(d for d in m.shape if d > 1) or (1,)
+            fshape = squeezed if len(squeezed) <= 3 else (-1,) + squeezed[-3:]
             parts = _field_values(jnp.asarray(planes), jnp.asarray(flags), s, scheme=scheme, n=n, fshape=fshape,
                                   dims=dims)
         out = _assemble(parts, jnp.asarray(c.outlier_index), jnp.asarray(c.outlier_value), n=n, shape=m.shape,
                         dtype=m.dtype)
-        if x64 and not jax.config.jax_enable_x64:
+        if numpy_out:
             return np.asarray(out)
     return out
 
@@ -417,7 +454,10 @@ def _from_bytes(data: bytes) -> Compressed:
     if data[5] == 1:
         import zstandard
 
-        body = zstandard.ZstdDecompressor().decompress(body)
+        try:
+            body = zstandard.ZstdDecompressor().decompress(body)
+        except zstandard.ZstdError as err:
+            raise ValueError(f"Compressed.from_bytes: the stream is truncated or corrupt ({err})") from None
     elif data[5] != 0:
         raise ValueError(f"Compressed.from_bytes: unknown lossless codec {data[5]}")
     buf = memoryview(body)
@@ -453,4 +493,7 @@ def _from_bytes(data: bytes) -> Compressed:
         raise ValueError("Compressed.from_bytes: the stream is truncated or corrupt") from None
     meta = Meta(tuple(shape), meta["dtype"], meta["mode"], bound, meta["rep"], meta["predictor"], block, period,
                 tuple(scalars), meta["lossless"])
+    if not block or block % eb.WORD or arrays["payload"].size != int(arrays["widths"].astype(np.int64).sum()) * (
+            block // eb.WORD):
+        raise ValueError("Compressed.from_bytes: the stream is truncated or corrupt (payload does not match widths)")
     return Compressed(meta, **arrays)

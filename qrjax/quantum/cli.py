@@ -48,7 +48,9 @@ def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bo
     x64 = jax.enable_x64(np.dtype(dtype) == np.complex128)
     with x64:
         if compressed:
-            from qrjax.quantum.compressed import simulate_compressed
+            from qrjax.quantum.compressed import CompressedConfig, simulate_compressed
+
+            config = config or CompressedConfig()
 
             res = simulate_compressed(circuit, config, dtype=dtype, progress=progress)
             final = res.state
@@ -79,13 +81,17 @@ def cmd_run(args) -> int:
     circuit = _circuit(args)
     config = None
     if args.compressed:
+        given = {k: getattr(args, k) for k in ("bound", "mode", "block_qubits", "group_qubits", "workers")
+                 if getattr(args, k) is not None}
         try:
-            config = CompressedConfig(block_qubits=args.block_qubits, group_qubits=args.group_qubits,
-                                      bound=args.bound, mode=args.mode, workers=args.workers)
+            config = CompressedConfig(**given)
         except ValueError as err:
             raise SystemExit(f"qrjax quantum run: {err}") from None
-    elif args.bound is not None and args.bound != 1e-3 or args.mode != "pw_rel":
-        raise SystemExit("qrjax quantum run: --bound/--mode need --compressed")
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in ("bound", "mode", "block_qubits", "group_qubits", "workers",
+                                                        "check") if getattr(args, k) is not None]
+        if given:
+            raise SystemExit(f"qrjax quantum run: {', '.join(given)} need --compressed")
     try:
         exact = exact_amplitudes(args.circuit, args.qubits) if args.circuit else None
         summary, final = run(circuit, compressed=args.compressed, config=config, dtype=np.dtype(args.dtype),
@@ -114,11 +120,11 @@ def register(systems) -> None:
     r.add_argument("--circuit", help="builder: ghz, qft, bv, qaoa, ising, random")
     r.add_argument("--qubits", type=int)
     r.add_argument("--compressed", action="store_true", help="hold the state compressed (BMQSim)")
-    r.add_argument("--bound", type=float, default=1e-3, help="error bound (default 1e-3)")
-    r.add_argument("--mode", default="pw_rel", choices=["abs", "rel", "pw_rel"], help="error-bound mode")
-    r.add_argument("--block-qubits", type=int, default=20, help="amplitudes per stored block = 2^B (default 20)")
-    r.add_argument("--group-qubits", type=int, default=6, help="global qubits per stage (default 6)")
-    r.add_argument("--workers", type=int, default=2, help="groups in flight (default 2)")
+    r.add_argument("--bound", type=float, help="error bound (default 1e-3)")
+    r.add_argument("--mode", choices=["abs", "rel", "pw_rel"], help="error-bound mode (default pw_rel)")
+    r.add_argument("--block-qubits", type=int, help="amplitudes per stored block = 2^B (default 20)")
+    r.add_argument("--group-qubits", type=int, help="global qubits per stage (default 6)")
+    r.add_argument("--workers", type=int, help="groups in flight (default 2)")
     r.add_argument("--dtype", default="complex64", choices=["complex64", "complex128"])
     r.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                    help=f"measure the fidelity: against the closed-form state (ghz, qft, bv; any size) or a dense run "

@@ -13,8 +13,11 @@ coming gates move to local positions, which lets later stages take more gates. A
 skipped: gates map zero to zero. Groups run on a thread pool, so one group's host work (zstd, byte packing) overlaps
 another's device work.
 
-Memory is accounted exactly as the bytes this simulator holds: the compressed store, plus, per group in flight, its
-input streams, the dense state and the gate program's output buffer, and the new streams; `peak_bytes` is its maximum.
+Memory is accounted as the bytes this simulator holds: the compressed store, plus, per group in flight, two dense
+buffers of the group (the host staging array and the device state the gate programs update in place) and its new
+streams; `peak_bytes` is the maximum. Not on the meter: the compressor's and the transpose's temporaries (a few
+block-sized arrays per worker) and the interpreter itself; experiments report the process's max RSS beside it.
+`compressions` counts the block streams written (all-zero blocks write none).
 """
 
 from __future__ import annotations
@@ -51,6 +54,19 @@ class CompressedConfig:
     workers: int = 2
     remap: bool = True
     chunk: int = 64
+
+    def __post_init__(self):
+        from qrjax.compression import MODES
+
+        for name in ("block_qubits", "group_qubits", "workers", "chunk"):
+            v = getattr(self, name)
+            low = 0 if name == "group_qubits" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"CompressedConfig: {name}={v!r} must be an integer >= {low}")
+        if self.mode not in MODES:
+            raise ValueError(f"CompressedConfig: mode {self.mode!r} is not one of {MODES}")
+        if not (isinstance(self.bound, (int, float)) and 0 < self.bound < (1 if self.mode == "pw_rel" else math.inf)):
+            raise ValueError(f"CompressedConfig: bound={self.bound!r} must be a number > 0 (and < 1 for pw_rel)")
 
     @classmethod
     def preset(cls, name: str) -> "CompressedConfig":
@@ -109,7 +125,7 @@ def plan_stages(circuit: Circuit, block_qubits: int, group_qubits: int, *, remap
             i += 1
         if not stage_gates and i < len(gates):
             raise ValueError(f"plan_stages: gate {i} ({gates[i]}) touches {len(need)} global qubits but a stage may "
-                             f"touch group_qubits={group_qubits}; raise group_qubits to at least 2")
+                             f"touch group_qubits={group_qubits}; raise group_qubits to at least {len(need)}")
         logical_at = {p: q for q, p in enumerate(layout)}
         if remap and i < len(gates):  # fill the group with the global qubits needed soonest
             spare = sorted((p for p in range(b, n) if p not in glob), key=lambda p: next_use(logical_at[p], i))
@@ -183,10 +199,11 @@ class CompressedState:
                      lossless=self.config.lossless)
         return c.to_bytes()
 
-    def _store(self, idx: int, blob: bytes | None):
+    def _store(self, idx: int, blob: bytes | None, counted: bool = False):
+        """Put a block's stream in the store; `counted`: its bytes are already on the meter (a group's output)."""
         old = self.blocks[idx]
         self.blocks[idx] = blob
-        self.meter.add((len(blob) if blob else 0) - (len(old) if old else 0))
+        self.meter.add((0 if counted or not blob else len(blob)) - (len(old) if old else 0))
 
     @property
     def stored_bytes(self) -> int:
@@ -251,14 +268,12 @@ class CompressedState:
                     self._commit(pending.pop(0).result())
             for f in pending:
                 self._commit(f.result())
-        self.compressions += sum(1 for g in live for _ in g)
 
     def _commit(self, result):
         idxs, out = result
-        new = sum(len(x) for x in out if x)
-        for i, blob in zip(idxs, out):
-            self._store(i, blob)
-        self.meter.add(-new)  # the new streams were counted in flight; now they are the store
+        for i, blob in zip(idxs, out):  # the new streams were counted in flight: moving them costs nothing
+            self._store(i, blob, counted=True)
+        self.compressions += sum(1 for blob in out if blob)
 
     def logical_indices(self, block: int) -> np.ndarray:
         """uint64[2^b]: the logical amplitude index of each position of stored block `block`."""

@@ -63,7 +63,8 @@ def test_compression_vs_peers_smoke(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "compression_vs_peers.json").read_text())
-    assert all(r["violations"] == 0 and r["max_err_over_bound"] <= 1 for r in result["rows"])
+    ours = [r for r in result["rows"] if r["compressor"].startswith("qrjax")]
+    assert ours and all(r["violations"] == 0 and r["max_err_over_bound"] <= 1 for r in ours)  # (ZFP may not hold)
     assert {r["data"] for r in result["rows"]} == {"GHZ-10", "QFT-10", "RANDOM-10", "field-16^3", "embedding-0k"}
     if result["peers"]:
         assert result["summary_vs_sz3"]

@@ -223,17 +223,24 @@ def plot(rows, datasets, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 4.0), squeeze=False)
+    comps = sorted({r["compressor"] for r in rows})
+    colour = {c: f"C{i}" for i, c in enumerate(comps)}  # one colour per compressor across the panels
     for ax, name in zip(axes[0], datasets):
-        for comp in sorted({r["compressor"] for r in rows if r["data"] == name}):
+        for comp in comps:
             pts = sorted((r["eps"], r["ratio"]) for r in rows if r["data"] == name and r["compressor"] == comp)
-            ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=comp, ms=3)
+            if pts:
+                ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=comp, ms=3, color=colour[comp])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("bound eps")
         ax.invert_xaxis()
     axes[0][0].set_ylabel("compression ratio")
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import math
-import statistics
-import time
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -61,13 +59,8 @@ def embeddings(rows: int, batch: int = 2048, dim: int = 32, pooling: int = 4, se
 
 
 def _timed(fn, repeats):
-    fn()  # warm-up (compiles)
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
+    """-> (fn's output, median seconds of `repeats` calls after a warm-up call that compiles)."""
+    return fn(), bench.seconds(fn, repeats=repeats)
 
 
 def run_qrjax(x, bound, mode, repeats, **kw):

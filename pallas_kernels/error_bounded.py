@@ -204,14 +204,15 @@ def pack_planes(u, nplanes: int = WORD):
 
     Plane p, word j holds bit p of residuals 32j..32j+31 (residual 32j+i at bit i). Planes from nplanes up are
     left out: the caller passes at least the largest width (planes at or above a block's width are zero)."""
-    # The barrier keeps XLA from fusing the residuals' producer into each of the 32 plane reductions (measured on CPU:
-    # it would recompute the quantisation 32 times).
-    v = jax.lax.optimization_barrier(u).reshape(u.shape[:-1] + (u.shape[-1] // WORD, WORD))
+    v = u.reshape(u.shape[:-1] + (u.shape[-1] // WORD, WORD))
     p = jnp.arange(WORD, dtype=jnp.uint32)
     bits = (v[..., None, :, :] >> p[:nplanes, None, None]) & 1
-    planes = jnp.sum(bits << p, axis=-1, dtype=jnp.uint32)
-    widths = WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32)
-    return planes, widths
+    return jnp.sum(bits << p, axis=-1, dtype=jnp.uint32), block_widths(u)
+
+
+def block_widths(u):
+    """u: uint32[..., B] -> int32[...]: the bit length of each block's largest residual (0: a zero block)."""
+    return WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32)
 
 
 def unpack_planes(planes):
@@ -229,7 +230,7 @@ def _residual(q, prev, period: int):
     """codes and their predecessors int32[..., B] -> (zig-zag residuals uint32[..., B], widths int32[...],
     anchors int32[...]: the predecessor of each block's first value)."""
     u = zigzag(wrap(q - prev, period))
-    return u, WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32), prev[..., 0]
+    return u, block_widths(u), prev[..., 0]
 
 
 def _pack_codes(codes, prev, scheme: Scheme):
@@ -240,8 +241,7 @@ def _pack_codes(codes, prev, scheme: Scheme):
 
 
 def _decode_blocks(planes, anchors, flags, scalars, scheme: Scheme):
-    return jnp.stack(decode_values(_codes_from_planes.__wrapped__(planes, anchors, scheme=scheme), flags, scalars,
-                                   scheme))
+    return jnp.stack(decode_values(_codes(planes, anchors, scheme), flags, scalars, scheme))
 
 
 def _quantize_pack_kernel(x_ref, xp_ref, s_ref, planes_ref, widths_ref, anchors_ref, flags_ref, *, scheme):
@@ -370,14 +370,17 @@ def quantize_pack_reference(xs, scalars, *, scheme: Scheme, nplanes: int = WORD)
     return _planes(u, nplanes=nplanes), widths, anchors, flags
 
 
-@functools.partial(jax.jit, static_argnames=("scheme",))
-def _codes_from_planes(planes, anchors, *, scheme: Scheme):
+def _codes(planes, anchors, scheme: Scheme):
+    """planes [C, R, P, W], anchors [C, R] -> C int32 code arrays [R, B]: anchor + in-block cumulative sum."""
     codes = []
     for c in range(scheme.channels):
         d = unzigzag(unpack_planes(planes[c]))
         q = anchors[c][:, None] + jnp.cumsum(d, axis=-1, dtype=jnp.int32)
         codes.append(q & (scheme.period - 1) if (c == 1 and scheme.period) else q)
     return codes
+
+
+_codes_from_planes = jax.jit(_codes, static_argnames=("scheme",))
 
 
 @functools.partial(jax.jit, static_argnames=("scheme",))

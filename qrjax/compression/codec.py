@@ -258,9 +258,7 @@ def _field_residuals(codes, *, dims: int, block: int, period: int):
     return jnp.stack(out)
 
 
-@jax.jit
-def _widths(u):
-    return eb.WORD - jax.lax.clz(jnp.max(u, axis=-1)).astype(jnp.int32)
+_widths = jax.jit(eb.block_widths)
 
 
 def _nplanes(widths) -> int:

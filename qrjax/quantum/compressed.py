@@ -199,6 +199,10 @@ class CompressedState:
                      lossless=self.config.lossless)
         return c.to_bytes()
 
+    @staticmethod
+    def _load(blob: bytes) -> np.ndarray:
+        return np.asarray(decompress(Compressed.from_bytes(blob)))
+
     def _store(self, idx: int, blob: bytes | None, counted: bool = False):
         """Put a block's stream in the store; `counted`: its bytes are already on the meter (a group's output)."""
         old = self.blocks[idx]
@@ -234,7 +238,7 @@ class CompressedState:
             staging = np.zeros((len(idxs), 1 << self.b), self.dtype)
             for j, blob in enumerate(blobs):
                 if blob:
-                    staging[j] = np.asarray(decompress(Compressed.from_bytes(blob)))
+                    staging[j] = self._load(blob)
             with jax.enable_x64(self.dtype == np.complex128):
                 state = jnp.asarray(staging.reshape(-1))
                 del staging
@@ -293,7 +297,7 @@ class CompressedState:
 
             blocks = tqdm(blocks, desc="fidelity", unit="block")
         for i in blocks:
-            psi = np.asarray(decompress(Compressed.from_bytes(self.blocks[i]))).astype(np.complex128)
+            psi = self._load(self.blocks[i]).astype(np.complex128)
             overlap += np.vdot(amplitudes(self.logical_indices(i)), psi)
             norm += np.vdot(psi, psi).real
         return float(abs(overlap) ** 2 / norm)
@@ -303,7 +307,7 @@ class CompressedState:
         state = np.zeros((len(self.blocks), 1 << self.b), self.dtype)
         for i, blob in enumerate(self.blocks):
             if blob:
-                state[i] = np.asarray(decompress(Compressed.from_bytes(blob)))
+                state[i] = self._load(blob)
         state = state.reshape((2,) * self.n)
         # tensor axis n-1-p is physical position p; logical qubit q sits at layout[q]
         axes = [self.n - 1 - self.layout[self.n - 1 - a] for a in range(self.n)]

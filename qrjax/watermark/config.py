@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from qrjax.config import from_preset
+
 ATTACKS = ("identity", "flip", "crop", "resized_crop", "blur", "color", "noise", "jpeg")
 
 
@@ -102,40 +104,7 @@ PRESETS: dict[str, WatermarkConfig] = {
 
 def get_config(preset: str = "cpu", overrides: list[str] | tuple[str, ...] | dict | None = None) -> WatermarkConfig:
     """A preset with `key=value` overrides (the CLI's --set); values are parsed to the field's type."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown watermark preset {preset!r}; choose from {sorted(PRESETS)}")
-    config = PRESETS[preset]
-    if not overrides:
-        return config
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    changes = {}
-    for key, value in items:
-        if key not in fields:
-            raise ValueError(f"--set {key}=...: WatermarkConfig has no field {key!r}; fields: {sorted(fields)}")
-        changes[key] = _parse(key, value, getattr(config, key)) if isinstance(value, str) else value
-    return config.replace(**changes)
-
-
-def _split(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ValueError(f"--set {item!r}: expected key=value")
-    key, value = item.split("=", 1)
-    return key.strip(), value.strip()
-
-
-def _parse(key: str, value: str, current):
-    try:
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        if isinstance(current, tuple):
-            kind = type(current[0]) if current else str
-            return tuple(kind(v) for v in value.split(",") if v)
-        return type(current)(value)
-    except ValueError:
-        raise ValueError(f"--set {key}={value}: cannot parse as {type(current).__name__}") from None
+    return from_preset(PRESETS, preset, overrides, "watermark")
 
 
 __all__ = ["ATTACKS", "PRESETS", "WatermarkConfig", "get_config"]

@@ -103,13 +103,15 @@ class InMemorySource:
         return self.images[index]
 
     def sample(self, rng: np.random.Generator, size: int, n: int, *, augment: bool = True,
-               area: tuple[float, float] | None = None) -> np.ndarray:
+               area: tuple[float, float] | None = None, return_index: bool = False):
         """uint8[n, size, size, 3]: random crops covering a fraction `area` (default self.area) of the short side
-        squared."""
+        squared; with return_index also int32[n], the index of each crop's image (a class label)."""
         area = self.area if area is None else area
         out = np.empty((n, size, size, 3), np.uint8)
+        index = np.empty(n, np.int32)
         for i in range(n):  # host-side loader: one crop per sample, outside any jitted code
-            img = self._get(int(rng.integers(len(self))))
+            index[i] = int(rng.integers(len(self)))
+            img = self._get(int(index[i]))
             h, w = img.shape[:2]
             m = min(h, w)
             if m < size:
@@ -125,7 +127,7 @@ class InMemorySource:
             if augment and rng.random() < 0.5:
                 crop = crop[:, ::-1]
             out[i] = crop
-        return out
+        return (out, index) if return_index else out
 
 
 class ImageFolderSource(InMemorySource):

@@ -1,0 +1,206 @@
+"""Training the DiT with flow matching: `train_and_evaluate(config, workdir, data=None)`.
+
+Each step draws random crops (image_size pixels) of the training photographs, labelled by photograph, encodes them
+with the fixed PCA autoencoder (fitted once, before training, on crops of the same images), and minimises
+E |v(x_t, t, y) - (noise - x0)|^2 with t logit-normal (as in SD3) and labels dropped to the null class with
+probability label_dropout (for classifier-free guidance). An exponential moving average of the weights is kept
+beside the BatchNorm-free state and is what gets exported. Randomness is a function of (seed, step), so a resumed
+run replays the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qrjax import train as trainer
+from qrjax.data import image_source
+from qrjax.diffusion.autoencoder import Autoencoder, fit_pca, pixel_autoencoder
+from qrjax.diffusion.config import DiTConfig
+from qrjax.diffusion.model import DiT, init_params
+
+WEIGHTS = Path(__file__).parent / "weights"
+PRETRAINED = ("cpu",)
+EVAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+class DiffusionModel(NamedTuple):
+    """A trained generator: config, DiT parameters (the EMA), the autoencoder, and the class names."""
+
+    config: DiTConfig
+    params: dict
+    autoencoder: Autoencoder
+    class_names: tuple[str, ...] = ()
+
+    def label(self, name_or_index: str | int) -> int:
+        """A class index from a name (a training photograph) or index; the null class for 'none'."""
+        if isinstance(name_or_index, str) and not name_or_index.lstrip("-").isdigit():
+            if name_or_index == "none":
+                return self.config.null_class
+            if name_or_index not in self.class_names:
+                raise ValueError(f"unknown class {name_or_index!r}; choose from {list(self.class_names)} or none")
+            return self.class_names.index(name_or_index)
+        i = int(name_or_index)
+        if not 0 <= i <= self.config.null_class:
+            raise ValueError(f"class index {i} is outside 0..{self.config.null_class} (the last is unconditional)")
+        return i
+
+
+def make_autoencoder(config: DiTConfig, source, samples: int = 2048, seed: int = 7) -> Autoencoder:
+    if config.autoencoder == "pixel":
+        return pixel_autoencoder()
+    if config.autoencoder != "pca":
+        raise ValueError(f"unknown autoencoder {config.autoencoder!r}; choose pca or pixel")
+    images = source.sample(np.random.default_rng(seed), config.image_size, samples, area=config.crop_area)
+    return fit_pca(images, config.ae_factor, config.latent_channels)
+
+
+def loss_fn(params, config: DiTConfig, x0, labels, key):
+    kt, kn, kd = jax.random.split(key, 3)
+    b = x0.shape[0]
+    t = jax.nn.sigmoid(jax.random.normal(kt, (b,)))  # logit-normal(0, 1)
+    noise = jax.random.normal(kn, x0.shape)
+    tb = t.reshape((b,) + (1,) * (x0.ndim - 1))
+    xt = (1.0 - tb) * x0 + tb * noise
+    if config.num_classes:
+        drop = jax.random.bernoulli(kd, config.label_dropout, (b,))
+        labels = jnp.where(drop, config.null_class, labels)
+    v = DiT(config).apply({"params": params}, xt, t, labels if config.num_classes else None)
+    return jnp.mean((v - (noise - x0)) ** 2)
+
+
+@partial(jax.jit, static_argnums=0, donate_argnums=1)
+def train_step(config: DiTConfig, state: trainer.TrainState, ae_arrays, images_u8, labels):
+    ae = Autoencoder(config.ae_factor if config.autoencoder == "pca" else 1, *ae_arrays)
+    x0 = ae.encode(images_u8.astype(jnp.float32) / 127.5 - 1.0)
+    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, config, x0, labels, key)
+    new = state.apply_gradients(grads)
+    decay = jnp.minimum(config.ema_decay, (1.0 + new.step) / (10.0 + new.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.batch_stats["ema"], new.params)
+    return new.replace(batch_stats={"ema": ema}), {"loss": loss, "grad_norm": _global_norm(grads)}
+
+
+def _global_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in jax.tree.leaves(tree)))
+
+
+@partial(jax.jit, static_argnums=0)
+def eval_losses(config: DiTConfig, params, ae_arrays, images_u8, labels, key):
+    """Flow-matching loss on a fixed batch at each of EVAL_TIMES (same noise for every checkpoint)."""
+    ae = Autoencoder(config.ae_factor if config.autoencoder == "pca" else 1, *ae_arrays)
+    x0 = ae.encode(images_u8.astype(jnp.float32) / 127.5 - 1.0)
+    noise = jax.random.normal(key, x0.shape)
+    out = {}
+    for t in EVAL_TIMES:
+        tt = jnp.full((x0.shape[0],), t)
+        v = DiT(config).apply({"params": params}, (1 - t) * x0 + t * noise, tt, labels if config.num_classes else None)
+        out[f"val_loss_t{t}"] = jnp.mean((v - (noise - x0)) ** 2)
+    out["val_loss"] = sum(out.values()) / len(EVAL_TIMES)
+    return out
+
+
+def create_state(config: DiTConfig, key: jax.Array | None = None) -> trainer.TrainState:
+    params = init_params(config, jax.random.key(config.seed) if key is None else key)
+    tx = trainer.make_optimizer("adamw", config.learning_rate, config.steps, config.warmup_steps,
+                                end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
+                                grad_clip=config.grad_clip)
+    return trainer.TrainState.create(params, tx, batch_stats={"ema": jax.tree.map(jnp.copy, params)})
+
+
+def train_and_evaluate(config: DiTConfig, workdir: str | Path, data: str | Path | None = None, *,
+                       progress: bool = True, mesh=None) -> DiffusionModel:
+    """Train (resuming from workdir's checkpoints), export workdir/model.{msgpack,json}, return the model.
+
+    data: a folder of the user's images (every k-th file held out) or None for the bundled photographs. Classes are
+    the source images (config.num_classes must equal their number, or be 0 for an unconditional model)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_src, val_src = image_source(data, "train"), image_source(data, "val")
+    if config.num_classes and config.num_classes != len(train_src):
+        raise ValueError(f"config.num_classes={config.num_classes} but the training set has {len(train_src)} "
+                         f"images (one class each); set num_classes={len(train_src)} or 0")
+    config_path = workdir / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config_to_dict(config):
+        raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config; use a new workdir")
+    config_path.write_text(json.dumps(config_to_dict(config), indent=1))
+    ae_path = workdir / "autoencoder.msgpack"
+    if ae_path.exists():
+        ae = Autoencoder.from_dict(flax.serialization.msgpack_restore(ae_path.read_bytes()))
+    else:
+        ae = make_autoencoder(config, train_src)
+        ae_path.write_bytes(flax.serialization.msgpack_serialize(ae.to_dict()))
+    ae_arrays = tuple(jnp.asarray(a) for a in (ae.mean, ae.components, ae.scale))
+
+    def batch_fn(step: int) -> dict:
+        rng = np.random.default_rng([config.seed, step])
+        images, labels = train_src.sample(rng, config.image_size, config.batch_size, area=config.crop_area,
+                                          return_index=True)
+        return {"images": images, "labels": labels}
+
+    vrng = np.random.default_rng(1234)
+    val_images = val_src.sample(vrng, config.image_size, config.eval_samples, area=config.crop_area)
+    # held-out photographs have no class of their own: score them with random training labels and the null class
+    val_labels = np.where(vrng.random(config.eval_samples) < 0.5, config.null_class,
+                          vrng.integers(0, max(config.num_classes, 1), config.eval_samples)).astype(np.int32)
+
+    def eval_fn(state, step):
+        return {k: float(v) for k, v in eval_losses(config, state.batch_stats["ema"], ae_arrays, val_images,
+                                                    val_labels, jax.random.key(99)).items()}
+
+    def step_fn(state, batch):
+        return train_step(config, state, ae_arrays, batch["images"], batch["labels"])
+
+    state = trainer.fit(create_state(config), step_fn, batch_fn, steps=config.steps, workdir=workdir,
+                        checkpoint_every=config.checkpoint_every, log_every=config.log_every, eval_fn=eval_fn,
+                        eval_every=config.eval_every, meta={"config": config.name}, mesh=mesh, progress=progress,
+                        description=f"diffusion {config.name}")
+    model = DiffusionModel(config, jax.device_get(state.batch_stats["ema"]), ae, tuple(train_src.names))
+    save_model(model, workdir / "model", extra={"steps": config.steps,
+                                                "final_eval": eval_fn(state, config.steps)})
+    return model
+
+
+def config_to_dict(config: DiTConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def save_model(model: DiffusionModel, path: str | Path, extra: dict | None = None) -> None:
+    """path.msgpack (EMA parameters and the autoencoder) and path.json (config, class names, `extra`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"params": jax.device_get(model.params), "autoencoder": model.autoencoder.to_dict()}
+    path.with_suffix(".msgpack").write_bytes(flax.serialization.msgpack_serialize(blob))
+    meta = {"config": config_to_dict(model.config), "class_names": list(model.class_names), **(extra or {})}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+def load_model(path: str | Path) -> DiffusionModel:
+    path = Path(path)
+    for suffix in (".json", ".msgpack"):
+        if not path.with_suffix(suffix).is_file():
+            raise FileNotFoundError(f"diffusion model {str(path)!r}: missing {path.with_suffix(suffix).name}")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items() if k in fields}
+    config = DiTConfig(**cfg)
+    blob = flax.serialization.msgpack_restore(path.with_suffix(".msgpack").read_bytes())
+    template = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    params = flax.serialization.from_state_dict(template, blob["params"])
+    return DiffusionModel(config, jax.tree.map(jnp.asarray, params), Autoencoder.from_dict(blob["autoencoder"]),
+                          tuple(meta.get("class_names", ())))
+
+
+def load_pretrained(name: str = "cpu") -> DiffusionModel:
+    """The weights shipped with qrjax (trained on this project's 2-core CPU machine by `qrjax diffusion train`)."""
+    if name not in PRETRAINED:
+        raise ValueError(f"no shipped diffusion weights {name!r}; choose from {PRETRAINED}")
+    return load_model(WEIGHTS / name)

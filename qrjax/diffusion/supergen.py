@@ -1,0 +1,576 @@
+"""SuperGen: training-free tiled ultra-high-resolution generation with a region-aware tile cache and tile parallelism.
+
+`generate(model, config, scale=4, label=..., key=...)` runs
+1. stage 1, a sketch at the model's native size (the full schedule, untiled);
+2. an upsample to `scale` times the native size per side, in pixel space (decode -> bicubic -> encode, SuperGen's
+   choice) or on the latent directly;
+3. a re-noise to the schedule's `restart_step` (the flow-matching marginal (1 - t) x + t noise);
+4. stage 2: every step cuts the canvas into native-size tiles, runs the unmodified DiT on each, fuses the tile
+   predictions back into one canvas prediction and takes ONE scheduler step on the whole canvas. Tilings:
+   - `shifted` (SuperGen): non-overlapping tiles on a torus whose grid origin moves by tile / shift_divisions per
+     axis every step, so no tile border stays in place;
+   - `blended` (MultiDiffusion): overlapping tiles at a fixed grid, predictions averaged where they overlap;
+   - `none`: the whole canvas through the model at once (the exact, memory-hungry reference).
+
+The cache (cache_threshold > 0) decides per tile and step whether to run the DiT or to reuse the tile's input plus
+its cached residual (output - input), from an accumulated predicted change k * mean|x - x_prev| / mean|o_prev|
+against the tile's threshold (TeaCache's rule with SuperGen's fixes: k is re-estimated only right after two real
+computations and frozen during skip runs; the first `warmup_steps` and the last step always compute; the two most
+variable regions get thresholds raised by 1 + alpha and 1 + alpha/2). Every cache tensor is a canvas-sized map, so it
+follows the content when the grid shifts: a tile's cached residual may come from up to four earlier tiles. Skipping
+saves compute for real: only the active tiles are gathered into the model's batch (padded to a power-of-two bucket,
+one compiled program per bucket) and scattered back; skipped ones never reach the model.
+
+Layout. The canvas and every map are kept in the *grid frame*: rolled so that the current tile grid starts at (0, 0).
+Moving the grid by (sy, sx) is then a roll of the state by (-sy, -sx), and tiles are plain reshapes of the canvas.
+On several devices (`devices > 1`) the grid frame is split into contiguous blocks of whole tiles over a
+(rows, cols) device mesh with `jax.shard_map`; the per-step roll sends each block's top sy rows and left sx columns
+to its neighbours with `lax.ppermute` and nothing else moves, and the scheduler step is local. Every tile sees
+exactly the computation it would see on one device, so the output is bit-identical to the single-device run (tested
+on 8 simulated CPU devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from qrjax import tiling
+from qrjax.diffusion.config import SuperGenConfig
+from qrjax.diffusion.sampler import renoise, sample, schedule, velocity_fn
+from qrjax.diffusion.train import DiffusionModel
+from qrjax.parallel import make_mesh
+
+TILINGS = ("shifted", "blended", "none")
+UPSAMPLES = ("pixel", "latent")
+AXES = ("ty", "tx")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------------------------
+
+class Layout(NamedTuple):
+    """Static geometry of stage 2. The canvas is [F, H, W, C]; tiles are [n, F, tile, tile, C]."""
+
+    tiling: str
+    height: int
+    width: int
+    tile: int
+    stride: int  # blended: distance between tile origins; shifted/none: the tile (or canvas) side
+    shift: tuple[int, int]  # grid motion per step (shifted only)
+    mesh_shape: tuple[int, int]  # devices over tile rows and tile cols (shifted only; (1, 1) otherwise)
+
+    @property
+    def grid(self) -> tiling.TileGrid:
+        return tiling.grid(self.height, self.width, self.tile, self.stride)
+
+    @property
+    def n_tiles(self) -> int:
+        if self.tiling == "none":
+            return 1
+        return len(self.grid)
+
+    @property
+    def devices(self) -> int:
+        return self.mesh_shape[0] * self.mesh_shape[1]
+
+    @property
+    def local_shape(self) -> tuple[int, int]:
+        return self.height // self.mesh_shape[0], self.width // self.mesh_shape[1]
+
+    @property
+    def local_tiles(self) -> int:
+        return self.n_tiles // self.devices
+
+
+def tile_mesh_shape(rows: int, cols: int, devices: int) -> tuple[int, int]:
+    """(dy, dx) with dy | rows, dx | cols and dy * dx == devices, blocks as square as possible; ValueError naming the
+    device counts that fit when there is none."""
+    options = [(dy, devices // dy) for dy in range(1, devices + 1)
+               if devices % dy == 0 and rows % dy == 0 and cols % (devices // dy) == 0]
+    if not options:
+        fits = sorted({dy * dx for dy in range(1, rows + 1) if rows % dy == 0
+                       for dx in range(1, cols + 1) if cols % dx == 0})
+        raise ValueError(f"devices={devices}: a {rows}x{cols} tile grid splits into equal blocks of whole tiles only "
+                         f"over {fits} devices")
+    return min(options, key=lambda o: abs(rows / o[0] - cols / o[1]))
+
+
+def make_layout(config: SuperGenConfig, height: int, width: int, tile: int, devices: int = 1) -> Layout:
+    if config.tiling not in TILINGS:
+        raise ValueError(f"tiling {config.tiling!r}: choose from {TILINGS}")
+    if config.tiling == "none":
+        if devices != 1:
+            raise ValueError("tiling=none runs the whole canvas on one device; use tiling=shifted for devices > 1")
+        return Layout("none", height, width, max(height, width), max(height, width), (0, 0), (1, 1))
+    if height < tile or width < tile:
+        raise ValueError(f"canvas {height}x{width} is smaller than the native tile {tile}")
+    if config.tiling == "blended":
+        if devices != 1:
+            raise ValueError("tiling=blended runs on one device; use tiling=shifted for devices > 1")
+        if not 0.0 <= config.blend_overlap < 1.0:
+            raise ValueError(f"blend_overlap={config.blend_overlap}: must be in [0, 1)")
+        stride = max(1, round(tile * (1.0 - config.blend_overlap)))
+        return Layout("blended", height, width, tile, stride, (0, 0), (1, 1))
+    if height % tile or width % tile:
+        raise ValueError(f"tiling=shifted needs a canvas that is a whole number of native tiles: {height}x{width} "
+                         f"latent pixels with {tile}-pixel tiles (use an integer scale, or tiling=blended)")
+    step = max(1, tile // max(1, config.shift_divisions))
+    return Layout("shifted", height, width, tile, tile, (step, step),
+                  tile_mesh_shape(height // tile, width // tile, devices))
+
+
+def cut(layout: Layout, a: jax.Array) -> jax.Array:
+    """Local canvas block [F, h, w, C] -> tiles [n, F, t, t, C] (row-major over the tile grid)."""
+    f, h, w, c = a.shape
+    if layout.tiling == "none":
+        return a[None]
+    if layout.tiling == "blended":
+        return jnp.moveaxis(tiling.extract_grid(a, layout.grid), 1, 0)
+    t = layout.tile
+    return a.reshape(f, h // t, t, w // t, t, c).transpose(1, 3, 0, 2, 4, 5).reshape(-1, f, t, t, c)
+
+
+def paste(layout: Layout, tiles: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of `cut` (blended: overlapping tiles averaged)."""
+    f, h, w, c = shape
+    if layout.tiling == "none":
+        return tiles[0]
+    if layout.tiling == "blended":
+        return tiling.stitch(jnp.moveaxis(tiles, 0, 1), layout.grid)
+    t = layout.tile
+    return tiles.reshape(h // t, w // t, f, t, t, c).transpose(2, 0, 3, 1, 4, 5).reshape(f, h, w, c)
+
+
+def roll_grid(layout: Layout, a: jax.Array, sign: int = 1) -> jax.Array:
+    """Move the grid frame by sign * layout.shift: a [F, h, w, C] local block, rows and cols on the mesh axes.
+
+    Content moves up/left by the shift; on a device mesh the rows (cols) that leave a block enter the block above
+    (left of) it through one ppermute per sharded axis: only the strips the shift moves are exchanged."""
+    for axis, (dim, step) in enumerate(zip((1, 2), layout.shift)):
+        step = sign * step
+        if not step:
+            continue
+        n = layout.mesh_shape[axis]
+        head = jax.lax.slice_in_dim(a, 0, step, axis=dim) if step > 0 else \
+            jax.lax.slice_in_dim(a, a.shape[dim] + step, a.shape[dim], axis=dim)
+        if n > 1:
+            perm = [(i, (i - 1) % n) for i in range(n)] if step > 0 else [(i, (i + 1) % n) for i in range(n)]
+            head = jax.lax.ppermute(head, AXES[axis], perm)
+        rest = jax.lax.slice_in_dim(a, step, a.shape[dim], axis=dim) if step > 0 else \
+            jax.lax.slice_in_dim(a, 0, a.shape[dim] + step, axis=dim)
+        a = jnp.concatenate([rest, head] if step > 0 else [head, rest], axis=dim)
+    return a
+
+
+def exchanged_bytes(layout: Layout, leaves) -> int:
+    """Bytes all devices send per grid move for arrays with the given global [F, H, W, C] shapes and dtypes."""
+    total = 0
+    dy, dx = layout.mesh_shape
+    for shape, dtype in leaves:
+        f, h, w, c = shape
+        item = np.dtype(dtype).itemsize
+        if dy > 1:
+            total += layout.shift[0] * w * f * c * item * dy  # every block row sends a strip of its width
+        if dx > 1:
+            total += layout.shift[1] * h * f * c * item * dx
+    return total
+
+
+def moved_strip_bytes(layout: Layout, leaves) -> int:
+    """Bytes of the strips a grid move carries across tile borders (the bound the exchange must stay under)."""
+    rows, cols = layout.height // layout.tile, layout.width // layout.tile
+    total = 0
+    for shape, dtype in leaves:
+        f, h, w, c = shape
+        item = np.dtype(dtype).itemsize
+        total += (layout.shift[0] * w * rows + layout.shift[1] * h * cols) * f * c * item
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cache state and the per-step programs
+# ---------------------------------------------------------------------------------------------------------------
+
+class CacheState(NamedTuple):
+    """Canvas-sized maps in the grid frame. Latent maps are [F, H, W, C]; scalar maps [1, H, W, 1]."""
+
+    x_prev: jax.Array  # canvas input of the previous step
+    o_prev: jax.Array  # model output at the last computation (per pixel)
+    resid: jax.Array  # o_prev - input at that computation
+    k: jax.Array  # output-change / input-change ratio, frozen during skip runs
+    acc: jax.Array  # accumulated predicted relative change since the last computation
+    last: jax.Array  # stage-2 step index of the last computation (-1: never)
+    var_n: jax.Array  # Welford count, mean and M2 of mean|o| (the region variability statistics)
+    var_mean: jax.Array
+    var_m2: jax.Array
+    score: jax.Array  # variability snapshot, refreshed every region_interval steps
+
+
+def init_cache(x: jax.Array) -> CacheState:
+    f, h, w, c = x.shape
+    fields = CacheState._fields
+    # distinct buffers: the step programs donate the cache
+    out = {name: jnp.zeros_like(x) if i < 3 else jnp.zeros((1, h, w, 1), jnp.float32) for i, name in enumerate(fields)}
+    out["last"] = out["last"] - 10.0
+    return CacheState(**out)
+
+
+def _tile_mean(tiles: jax.Array) -> jax.Array:
+    return jnp.mean(tiles, axis=tuple(range(1, tiles.ndim)))
+
+
+def _global_top2(scores: jax.Array, axis_names) -> tuple[jax.Array, jax.Array]:
+    every = jax.lax.all_gather(scores, axis_names, tiled=True) if axis_names else scores
+    top = jax.lax.top_k(every, min(2, every.shape[0]))[0]
+    return top[0], top[-1] if every.shape[0] > 1 else jnp.inf
+
+
+def _plan(layout: Layout, cfg: SuperGenConfig, x, cache: CacheState, force, axis_names):
+    """Per local tile: skip flag and the accumulated change it would carry. x, cache in the grid frame."""
+    d_in = _tile_mean(cut(layout, jnp.abs(x - cache.x_prev)))
+    o_mag = _tile_mean(cut(layout, jnp.abs(cache.o_prev))) + 1e-6
+    acc = _tile_mean(cut(layout, cache.acc)) + _tile_mean(cut(layout, cache.k)) * d_in / o_mag
+    score = _tile_mean(cut(layout, cache.score))
+    first, second = _global_top2(score, axis_names)
+    mult = jnp.where(score >= first, 1.0 + cfg.region_alpha, jnp.where(score >= second, 1.0 + cfg.region_alpha / 2,
+                                                                         1.0))
+    mult = jnp.where(first > 0, mult, 1.0)  # no statistics yet: every tile gets the base threshold
+    skip = (acc < cfg.cache_threshold * mult) & ~force & (cfg.cache_threshold > 0)
+    return skip, acc
+
+
+def _run_tiles(velocity, tiles: jax.Array, t, chunk: int, video: bool) -> jax.Array:
+    """Velocity of [m, F, T, T, C] tiles, `chunk` tiles per model call (lax.map over chunks bounds the memory)."""
+    m = tiles.shape[0]
+    x = tiles if video else tiles[:, 0]
+    if m <= chunk:
+        out = velocity(x, t)
+    else:
+        pad = -m % chunk
+        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        out = jax.lax.map(lambda xc: velocity(xc, t), xp.reshape(-1, chunk, *x.shape[1:]))
+        out = out.reshape(-1, *x.shape[1:])[:m]
+    return out if video else out[:, None]
+
+
+def _step_body(layout: Layout, cfg: SuperGenConfig, velocity, video: bool, sampler: str,
+               x, cache: CacheState | None, idx, t, t_next, j, force, refresh, axis_names):
+    """One stage-2 step on a local block (grid frame, already moved): model on the tiles listed in idx (padded with
+    out-of-range entries), cached prediction elsewhere, one scheduler step. Returns (x_next, cache)."""
+    n = layout.local_tiles if layout.tiling == "shifted" else layout.n_tiles
+    shape = x.shape
+    xt = cut(layout, x)
+    o_sel = _run_tiles(velocity, xt[jnp.minimum(idx, n - 1)], t, cfg.max_batch, video)
+    if cache is None:  # no cache: idx lists every tile
+        o_t = jnp.zeros_like(xt).at[idx].set(o_sel, mode="drop")
+    else:
+        active = jnp.zeros((n,), bool).at[idx].set(True, mode="drop")
+        a5 = active[:, None, None, None, None]
+        resid_t = cut(layout, cache.resid)
+        o_t = (xt + resid_t).at[idx].set(o_sel, mode="drop")  # skipped tiles: input + cached residual
+        _, acc_t = _plan(layout, cfg, x, cache, force, axis_names)
+        o_prev_t = cut(layout, cache.o_prev)
+        d_out = _tile_mean(jnp.abs(o_t - o_prev_t))
+        d_in = _tile_mean(jnp.abs(xt - cut(layout, cache.x_prev))) + 1e-12
+        # k is re-estimated only when the previous step computed these tiles too (SuperGen's k fix)
+        prev_computed = _tile_mean(cut(layout, (cache.last == j - 1).astype(jnp.float32))) > 0.5
+        k_t = cut(layout, cache.k)
+        k_new = jnp.where((active & prev_computed)[:, None, None, None, None],
+                          (d_out / d_in)[:, None, None, None, None] * jnp.ones_like(k_t), k_t)
+        acc_new = jnp.where(a5, 0.0, acc_t[:, None, None, None, None] * jnp.ones_like(k_t))
+        mag = jnp.mean(jnp.abs(o_t), axis=(1, 4), keepdims=True)  # [n, 1, T, T, 1]
+        vn, vm, vm2 = (cut(layout, a) for a in (cache.var_n, cache.var_mean, cache.var_m2))
+        vn1 = vn + 1.0
+        delta = mag - vm
+        vm1 = vm + delta / vn1
+        vm21 = vm2 + delta * (mag - vm1)
+        vn, vm, vm2 = (jnp.where(a5, new, old) for new, old in ((vn1, vn), (vm1, vm), (vm21, vm2)))
+        std = jnp.sqrt(vm2 / jnp.maximum(vn, 1.0))
+        score_t = jnp.where(refresh, std, cut(layout, cache.score))
+        cache = CacheState(
+            x_prev=x,
+            o_prev=paste(layout, jnp.where(a5, o_t, o_prev_t), shape),
+            resid=paste(layout, jnp.where(a5, o_t - xt, resid_t), shape),
+            k=paste(layout, k_new, cache.k.shape),
+            acc=paste(layout, acc_new, cache.acc.shape),
+            last=paste(layout, jnp.where(a5, j.astype(jnp.float32), cut(layout, cache.last)), cache.last.shape),
+            var_n=paste(layout, vn, cache.var_n.shape), var_mean=paste(layout, vm, cache.var_mean.shape),
+            var_m2=paste(layout, vm2, cache.var_m2.shape), score=paste(layout, score_t, cache.score.shape))
+    v = paste(layout, o_t, shape)
+    x_next = x + (t_next - t) * v
+    if sampler == "heun":  # the corrector evaluates every tile (the cache gates only the predictor)
+        v2 = paste(layout, _run_tiles(velocity, cut(layout, x_next), t_next, cfg.max_batch, video), shape)
+        x_next = jnp.where(t_next > 0, x + (t_next - t) * 0.5 * (v + v2), x_next)
+    return x_next, cache
+
+
+class Stage2:
+    """The compiled per-step programs of one stage-2 run: `plan` (skip flags) and `step` (one bucket size each).
+
+    On one device they are plain jit functions; with a device mesh they are shard_map-ped over blocks of tiles."""
+
+    def __init__(self, model: DiffusionModel, cfg: SuperGenConfig, layout: Layout, labels, video: bool,
+                 sampler: str):
+        self.model, self.cfg, self.layout, self.video, self.sampler = model, cfg, layout, video, sampler
+        self.labels = labels
+        self.mesh = None
+        if layout.tiling == "shifted":
+            devices = jax.devices()[:layout.devices]
+            if len(devices) < layout.devices:
+                raise ValueError(f"devices={layout.devices}: only {len(jax.devices())} available")
+            self.mesh = make_mesh(layout.mesh_shape, AXES, devices=devices)
+        self._programs: dict = {}
+        self.compiled_bytes: dict[str, int] = {}
+
+    # -- sharding helpers --------------------------------------------------------------------------------------
+    @property
+    def _spatial(self):
+        return P(None, *AXES, None)
+
+    @property
+    def _tiles_spec(self):
+        return P(AXES)
+
+    def place(self, tree):
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, self._spatial))
+
+    def _wrap(self, body, in_specs, out_specs):
+        if self.mesh is None:
+            return body
+        return jax.shard_map(body, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+    @property
+    def _axis_names(self):
+        return AXES if self.mesh is not None and self.layout.devices > 1 else None
+
+    # -- programs ----------------------------------------------------------------------------------------------
+    def move(self, tree):
+        """Move the grid frame by one shift (every map and the canvas)."""
+        if self.layout.tiling != "shifted":
+            return tree
+        key = "move"
+        if key not in self._programs:
+            body = partial(jax.tree.map, lambda a: roll_grid(self.layout, a))
+            specs = jax.tree.map(lambda _: self._spatial, tree)
+            self._programs[key] = jax.jit(self._wrap(body, (specs,), specs), donate_argnums=0)
+        return self._programs[key](tree)
+
+    def plan(self, x, cache, force):
+        key = "plan"
+        if key not in self._programs:
+            def body(x, cache, force):
+                return _plan(self.layout, self.cfg, x, cache, force, self._axis_names)[0]
+            specs = (self._spatial, jax.tree.map(lambda _: self._spatial, cache), P())
+            self._programs[key] = jax.jit(self._wrap(body, specs, self._tiles_spec))
+        return self._programs[key](x, cache, force)
+
+    def step(self, params, x, cache, idx, t, t_next, j, force, refresh):
+        bucket = idx.shape[0] // self.layout.devices if self.mesh is not None else idx.shape[0]
+        key = ("step", bucket)
+        if key not in self._programs:
+            def body(params, labels, x, cache, idx, t, t_next, j, force, refresh):
+                def velocity(xb, tb):  # every tile carries the canvas's label
+                    lab = None if labels is None else jnp.broadcast_to(labels[:1], (xb.shape[0],))
+                    return velocity_fn(self.model.config, params, lab, self.cfg.guidance)(xb, tb)
+
+                return _step_body(self.layout, self.cfg, velocity, self.video, self.sampler, x, cache, idx, t,
+                                  t_next, j, force, refresh, self._axis_names)
+            cache_spec = jax.tree.map(lambda _: self._spatial, cache)
+            specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, P(), P(), P(), P(), P())
+            fn = jax.jit(self._wrap(body, specs, (self._spatial, cache_spec)), donate_argnums=(2, 3))
+            args = (params, self.labels, x, cache, idx, t, t_next, j, force, refresh)
+            compiled = fn.lower(*args).compile()
+            self.compiled_bytes[f"stage2_bucket{bucket}"] = program_bytes(compiled)
+            self._programs[key] = compiled
+        return self._programs[key](params, self.labels, x, cache, idx, t, t_next, j, force, refresh)
+
+
+def program_bytes(compiled) -> int:
+    """Peak device bytes XLA accounts for a compiled program: arguments + outputs + temporaries - aliased."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return 0
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def _bucket(count: int, n: int) -> int:
+    return min(n, 1 << max(0, math.ceil(math.log2(max(count, 1)))))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class GenerationStats:
+    seconds: float = 0.0
+    stage1_seconds: float = 0.0
+    stage2_seconds: float = 0.0
+    model_calls: int = 0  # DiT evaluations of one native-size tile (or of the whole canvas with tiling=none)
+    stage1_calls: int = 0
+    stage2_tiles: int = 0  # tile evaluations stage 2 would make without a cache
+    tiles_skipped: int = 0
+    skips_per_step: list = dataclasses.field(default_factory=list)
+    peak_bytes: int = 0  # largest per-program footprint XLA accounts (arguments + outputs + temporaries)
+    program_bytes: dict = dataclasses.field(default_factory=dict)
+    devices: int = 1
+    mesh_shape: tuple = (1, 1)
+    tiles: int = 1
+    bytes_exchanged_per_step: int = 0  # across devices, canvas and cache maps together
+    latent_bytes_exchanged_per_step: int = 0  # the canvas alone
+    moved_strip_bytes_per_step: int = 0  # strips of the canvas the shift moves across tile borders
+    canvas: tuple = ()
+
+    @property
+    def skip_rate(self) -> float:
+        return self.tiles_skipped / max(1, self.stage2_tiles)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["skip_rate"] = self.skip_rate
+        d["mesh_shape"], d["canvas"] = list(self.mesh_shape), list(self.canvas)
+        return d
+
+
+def upsample(model: DiffusionModel, latent: jax.Array, scale: int | tuple[int, int], mode: str = "pixel") -> jax.Array:
+    """[F, h, w, C] latent -> [F, sh*h, sw*w, C]: bicubic on decoded pixels then re-encoded (pixel) or on the latent."""
+    sh, sw = (scale, scale) if isinstance(scale, int) else scale
+    f, h, w, c = latent.shape
+    if mode == "latent":
+        return jax.image.resize(latent, (f, sh * h, sw * w, c), "cubic")
+    if mode != "pixel":
+        raise ValueError(f"upsample {mode!r}: choose from {UPSAMPLES}")
+    ae = model.autoencoder
+    img = ae.decode(latent)
+    big = jax.image.resize(img, (f, sh * img.shape[1], sw * img.shape[2], img.shape[3]), "cubic")
+    return ae.encode(jnp.clip(big, -1.0, 1.0))
+
+
+def to_uint8(model: DiffusionModel, latent: jax.Array) -> np.ndarray:
+    """[F, h, w, C] latent -> uint8[F, H, W, 3] images."""
+    img = model.autoencoder.decode(latent)
+    return np.asarray(jnp.round((jnp.clip(img, -1.0, 1.0) + 1.0) * 127.5)).astype(np.uint8)
+
+
+def sketch(model: DiffusionModel, cfg: SuperGenConfig, key: jax.Array, label: int, frames: int = 1) -> jax.Array:
+    """Stage 1: [F, s, s, C] latent at the native size, the full schedule, untiled."""
+    mc = model.config
+    s = mc.latent_size
+    shape = (frames, s, s, mc.channels) if frames > 1 else (s, s, mc.channels)
+    labels = jnp.asarray([label], jnp.int32) if mc.num_classes else None
+    out = sample(mc, model.params, key, labels, shape=shape, steps=cfg.steps, sampler=cfg.sampler,
+                 guidance=float(cfg.guidance))[0]
+    return out if frames > 1 else out[None]
+
+
+def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[int, int] = 2, label: int = 0,
+             key: jax.Array | None = None, frames: int = 1, devices: int = 1, progress: bool = True,
+             sketch_latent: jax.Array | None = None, return_latent: bool = False):
+    """(uint8[F, H, W, 3] or [H, W, 3] image, GenerationStats); with return_latent the final latent is added.
+
+    scale: per-side factor (int or (rows, cols)) of the canvas over the native size; frames > 1 generates video
+    latents (tiled in space, whole in time); sketch_latent: a stage-1 result to reuse (the paper pre-saves them)."""
+    mc = model.config
+    if mc.frames != frames and frames > 1 and mc.frames == 1:
+        mc = mc.replace(frames=frames)
+        model = model._replace(config=mc)
+    if cfg.sampler not in ("euler", "heun"):
+        raise ValueError(f"sampler {cfg.sampler!r}: choose euler or heun")
+    if not 0 <= cfg.restart_step < cfg.steps:
+        raise ValueError(f"restart_step={cfg.restart_step} must be in [0, steps={cfg.steps})")
+    sh, sw = (scale, scale) if isinstance(scale, int) else scale
+    if sh < 1 or sw < 1:
+        raise ValueError(f"scale {scale}: must be >= 1 per side")
+    key = jax.random.key(0) if key is None else key
+    k1, k2 = jax.random.split(key)
+    stats = GenerationStats()
+    guidance_mult = 2 if (cfg.guidance != 1.0 and mc.num_classes) else 1
+    start = time.perf_counter()
+
+    if sketch_latent is None:
+        x1 = jax.block_until_ready(sketch(model, cfg, k1, label, frames))
+        stats.stage1_calls = cfg.steps * guidance_mult * (2 if cfg.sampler == "heun" else 1)
+    else:
+        x1 = jnp.asarray(sketch_latent)
+        x1 = x1 if x1.ndim == 4 else x1[None]
+    stats.stage1_seconds = time.perf_counter() - start
+
+    s = mc.latent_size
+    height, width = sh * s, sw * s
+    layout = make_layout(cfg, height, width, s, devices)
+    ts = schedule(cfg.steps, mc.time_shift)
+    up = upsample(model, x1, (sh, sw), cfg.upsample)
+    noise = jax.random.normal(k2, up.shape, jnp.float32)
+    x = renoise(up, noise, ts[cfg.restart_step])
+    stats.canvas = tuple(x.shape)
+    stats.devices, stats.mesh_shape, stats.tiles = layout.devices, layout.mesh_shape, layout.n_tiles
+
+    labels = jnp.asarray([label], jnp.int32) if mc.num_classes else None
+    runner = Stage2(model, cfg, layout, labels, frames > 1, cfg.sampler)
+    cache = init_cache(x) if cfg.cache_threshold > 0 else None
+    x, cache = runner.place((x, cache))
+    n, d = layout.n_tiles, layout.devices
+    n_local = n // d
+    steps2 = list(range(cfg.restart_step, cfg.steps))
+    warm = max(cfg.warmup_steps, 2)
+    if layout.tiling == "shifted" and d > 1:
+        maps = [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))] if cfg.cache_threshold > 0 else \
+            [(x.shape, x.dtype)]
+        stats.bytes_exchanged_per_step = exchanged_bytes(layout, maps)
+        stats.latent_bytes_exchanged_per_step = exchanged_bytes(layout, [(x.shape, x.dtype)])
+    if layout.tiling == "shifted":
+        stats.moved_strip_bytes_per_step = moved_strip_bytes(layout, [(x.shape, x.dtype)])
+    t2 = time.perf_counter()
+    for jj, i in enumerate(tqdm(steps2, desc=f"supergen {height}x{width} ({n} tiles)", disable=not progress or None,
+                                dynamic_ncols=True, leave=False)):
+        if jj > 0:  # the grid moves every step after the first (SuperGen shifts at every stage-2 step)
+            x, cache = runner.move((x, cache))
+        j = jnp.asarray(jj, jnp.int32)
+        force = jnp.asarray(jj < warm or jj == len(steps2) - 1)
+        refresh = jnp.asarray(jj % max(1, cfg.region_interval) == 0)
+        if cfg.cache_threshold > 0:
+            skip = np.asarray(jax.device_get(runner.plan(x, cache, force))).reshape(d, n_local)
+        else:
+            skip = np.zeros((d, n_local), bool)
+        active = [np.flatnonzero(~row) for row in skip]
+        bucket = _bucket(max(len(a) for a in active), n_local)
+        idx = np.full((d, bucket), n_local, np.int32)  # out-of-range entries are padding
+        for r, a in enumerate(active):
+            idx[r, :len(a)] = a
+        idx = jnp.asarray(idx.reshape(-1))
+        if runner.mesh is not None:
+            idx = jax.device_put(idx, NamedSharding(runner.mesh, P(AXES)))
+        x, cache = runner.step(model.params, x, cache, idx, jnp.float32(ts[i]), jnp.float32(ts[i + 1]), j, force,
+                               refresh)
+        n_skip = int(skip.sum())
+        stats.skips_per_step.append(n_skip)
+        stats.tiles_skipped += n_skip
+        stats.stage2_tiles += n
+        stats.model_calls += (n - n_skip) * guidance_mult + (n * guidance_mult if cfg.sampler == "heun" else 0)
+    x = jax.block_until_ready(x)
+    stats.stage2_seconds = time.perf_counter() - t2
+    stats.model_calls += stats.stage1_calls
+    x = jax.device_get(x)
+    if layout.tiling == "shifted" and len(steps2) > 1:  # back from the grid frame to the canvas
+        moves = len(steps2) - 1
+        x = np.roll(x, (moves * layout.shift[0] % height, moves * layout.shift[1] % width), axis=(1, 2))
+    stats.seconds = time.perf_counter() - start
+    stats.program_bytes = dict(runner.compiled_bytes)
+    stats.peak_bytes = max(stats.program_bytes.values(), default=0)
+    latent = jnp.asarray(x)
+    image = to_uint8(model, latent)
+    image = image if frames > 1 else image[0]
+    return (image, stats, latent) if return_latent else (image, stats)

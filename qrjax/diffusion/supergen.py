@@ -445,18 +445,34 @@ class GenerationStats:
         return d
 
 
-def upsample(model: DiffusionModel, latent: jax.Array, scale: int | tuple[int, int], mode: str = "pixel") -> jax.Array:
-    """[F, h, w, C] latent -> [F, sh*h, sw*w, C]: bicubic on decoded pixels then re-encoded (pixel) or on the latent."""
-    sh, sw = (scale, scale) if isinstance(scale, int) else scale
+def upsample(model: DiffusionModel, latent: jax.Array, shape: tuple[int, int], mode: str = "pixel") -> jax.Array:
+    """[F, h, w, C] latent -> [F, *shape, C]: bicubic on the decoded pixels then re-encoded (pixel, SuperGen's choice)
+    or bicubic on the latent itself (latent)."""
     f, h, w, c = latent.shape
     if mode == "latent":
-        return jax.image.resize(latent, (f, sh * h, sw * w, c), "cubic")
+        return jax.image.resize(latent, (f, *shape, c), "cubic")
     if mode != "pixel":
         raise ValueError(f"upsample {mode!r}: choose from {UPSAMPLES}")
     ae = model.autoencoder
     img = ae.decode(latent)
-    big = jax.image.resize(img, (f, sh * img.shape[1], sw * img.shape[2], img.shape[3]), "cubic")
+    big = jax.image.resize(img, (f, shape[0] * ae.factor, shape[1] * ae.factor, img.shape[3]), "cubic")
     return ae.encode(jnp.clip(big, -1.0, 1.0))
+
+
+def canvas_shape(model: DiffusionModel, size: tuple[int, int] | None, scale) -> tuple[int, int]:
+    """Latent (rows, cols) of the canvas from a pixel size (H, W) or a per-side scale (int or (rows, cols))."""
+    mc, f = model.config, model.autoencoder.factor
+    if size is not None:
+        h, w = size
+        if h < mc.image_size or w < mc.image_size:
+            raise ValueError(f"size {h}x{w}: must be at least the native {mc.image_size}x{mc.image_size}")
+        if h % f or w % f:
+            raise ValueError(f"size {h}x{w}: must be a multiple of the autoencoder factor {f}")
+        return h // f, w // f
+    sh, sw = (scale, scale) if isinstance(scale, int) else scale
+    if sh < 1 or sw < 1:
+        raise ValueError(f"scale {scale}: must be >= 1 per side")
+    return sh * mc.latent_size, sw * mc.latent_size
 
 
 def to_uint8(model: DiffusionModel, latent: jax.Array) -> np.ndarray:
@@ -476,13 +492,15 @@ def sketch(model: DiffusionModel, cfg: SuperGenConfig, key: jax.Array, label: in
     return out if frames > 1 else out[None]
 
 
-def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[int, int] = 2, label: int = 0,
-             key: jax.Array | None = None, frames: int = 1, devices: int = 1, progress: bool = True,
-             sketch_latent: jax.Array | None = None, return_latent: bool = False):
+def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[int, int] = 2,
+             size: tuple[int, int] | None = None, label: int = 0, key: jax.Array | None = None, frames: int = 1,
+             devices: int = 1, progress: bool = True, sketch_latent: jax.Array | None = None,
+             return_latent: bool = False):
     """(uint8[F, H, W, 3] or [H, W, 3] image, GenerationStats); with return_latent the final latent is added.
 
-    scale: per-side factor (int or (rows, cols)) of the canvas over the native size; frames > 1 generates video
-    latents (tiled in space, whole in time); sketch_latent: a stage-1 result to reuse (the paper pre-saves them)."""
+    scale: per-side factor (int or (rows, cols)) of the canvas over the native size, or size: (H, W) in pixels
+    (tiling=shifted needs whole tiles; blended takes any size); frames > 1 generates video latents (tiled in space,
+    whole in time); sketch_latent: a stage-1 result to reuse (the paper pre-saves them)."""
     mc = model.config
     if mc.frames != frames and frames > 1 and mc.frames == 1:
         mc = mc.replace(frames=frames)
@@ -491,9 +509,7 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         raise ValueError(f"sampler {cfg.sampler!r}: choose euler or heun")
     if not 0 <= cfg.restart_step < cfg.steps:
         raise ValueError(f"restart_step={cfg.restart_step} must be in [0, steps={cfg.steps})")
-    sh, sw = (scale, scale) if isinstance(scale, int) else scale
-    if sh < 1 or sw < 1:
-        raise ValueError(f"scale {scale}: must be >= 1 per side")
+    height, width = canvas_shape(model, size, scale)
     key = jax.random.key(0) if key is None else key
     k1, k2 = jax.random.split(key)
     stats = GenerationStats()
@@ -508,11 +524,9 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         x1 = x1 if x1.ndim == 4 else x1[None]
     stats.stage1_seconds = time.perf_counter() - start
 
-    s = mc.latent_size
-    height, width = sh * s, sw * s
-    layout = make_layout(cfg, height, width, s, devices)
+    layout = make_layout(cfg, height, width, mc.latent_size, devices)
     ts = schedule(cfg.steps, mc.time_shift)
-    up = upsample(model, x1, (sh, sw), cfg.upsample)
+    up = upsample(model, x1, (height, width), cfg.upsample)
     noise = jax.random.normal(k2, up.shape, jnp.float32)
     x = renoise(up, noise, ts[cfg.restart_step])
     stats.canvas = tuple(x.shape)

@@ -74,7 +74,7 @@ class SuperGenConfig:
     upsample: str = "pixel"  # pixel (decode, bicubic, encode: SuperGen's choice) | latent (bicubic on the latent)
     # Stage 2 tiling.
     tiling: str = "shifted"  # shifted (torus tiles, grid moves every step) | blended (overlap + average) | none
-    shift_divisions: int = 16  # the grid moves by tile / shift_divisions per axis per step (SuperGen: 16)
+    shift_divisions: int = 16  # the grid moves by tile / shift_divisions per axis per step (SuperGen: 16; 0: fixed)
     blend_overlap: float = 0.5  # blended: overlap between neighbouring tiles as a fraction of the tile
     # Region-aware cache.
     cache_threshold: float = 0.0  # 0: no cache

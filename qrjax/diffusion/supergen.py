@@ -33,6 +33,7 @@ on 8 simulated CPU devices).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from functools import partial
@@ -45,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from qrjax import tiling
-from qrjax.diffusion.config import SuperGenConfig
+from qrjax.diffusion.config import DiTConfig, SuperGenConfig
 from qrjax.diffusion.sampler import renoise, sample, schedule, velocity_fn
 from qrjax.diffusion.train import DiffusionModel
 from qrjax.parallel import make_mesh
@@ -125,7 +126,7 @@ def make_layout(config: SuperGenConfig, height: int, width: int, tile: int, devi
     if height % tile or width % tile:
         raise ValueError(f"tiling=shifted needs a canvas that is a whole number of native tiles: {height}x{width} "
                          f"latent pixels with {tile}-pixel tiles (use an integer scale, or tiling=blended)")
-    step = max(1, tile // max(1, config.shift_divisions))
+    step = max(1, tile // config.shift_divisions) if config.shift_divisions > 0 else 0
     return Layout("shifted", height, width, tile, tile, (step, step),
                   tile_mesh_shape(height // tile, width // tile, devices))
 
@@ -320,10 +321,8 @@ class Stage2:
 
     On one device they are plain jit functions; with a device mesh they are shard_map-ped over blocks of tiles."""
 
-    def __init__(self, model: DiffusionModel, cfg: SuperGenConfig, layout: Layout, labels, video: bool,
-                 sampler: str):
-        self.model, self.cfg, self.layout, self.video, self.sampler = model, cfg, layout, video, sampler
-        self.labels = labels
+    def __init__(self, config: DiTConfig, cfg: SuperGenConfig, layout: Layout, video: bool, sampler: str):
+        self.config, self.cfg, self.layout, self.video, self.sampler = config, cfg, layout, video, sampler
         self.mesh = None
         if layout.tiling == "shifted":
             devices = jax.devices()[:layout.devices]
@@ -332,6 +331,7 @@ class Stage2:
             self.mesh = make_mesh(layout.mesh_shape, AXES, devices=devices)
         self._programs: dict = {}
         self.compiled_bytes: dict[str, int] = {}
+        self.used: set[str] = set()  # programs used since the last reset (one generation)
 
     # -- sharding helpers --------------------------------------------------------------------------------------
     @property
@@ -377,25 +377,32 @@ class Stage2:
             self._programs[key] = jax.jit(self._wrap(body, specs, self._tiles_spec))
         return self._programs[key](x, cache, force)
 
-    def step(self, params, x, cache, idx, t, t_next, j, force, refresh):
+    def step(self, params, labels, x, cache, idx, t, t_next, j, force, refresh):
         bucket = idx.shape[0] // self.layout.devices if self.mesh is not None else idx.shape[0]
         key = ("step", bucket)
         if key not in self._programs:
             def body(params, labels, x, cache, idx, t, t_next, j, force, refresh):
                 def velocity(xb, tb):  # every tile carries the canvas's label
                     lab = None if labels is None else jnp.broadcast_to(labels[:1], (xb.shape[0],))
-                    return velocity_fn(self.model.config, params, lab, self.cfg.guidance)(xb, tb)
+                    return velocity_fn(self.config, params, lab, self.cfg.guidance)(xb, tb)
 
                 return _step_body(self.layout, self.cfg, velocity, self.video, self.sampler, x, cache, idx, t,
                                   t_next, j, force, refresh, self._axis_names)
             cache_spec = jax.tree.map(lambda _: self._spatial, cache)
             specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, P(), P(), P(), P(), P())
             fn = jax.jit(self._wrap(body, specs, (self._spatial, cache_spec)), donate_argnums=(2, 3))
-            args = (params, self.labels, x, cache, idx, t, t_next, j, force, refresh)
+            args = (params, labels, x, cache, idx, t, t_next, j, force, refresh)
             compiled = fn.lower(*args).compile()
             self.compiled_bytes[f"stage2_bucket{bucket}"] = program_bytes(compiled)
             self._programs[key] = compiled
-        return self._programs[key](params, self.labels, x, cache, idx, t, t_next, j, force, refresh)
+        self.used.add(f"stage2_bucket{bucket}")
+        return self._programs[key](params, labels, x, cache, idx, t, t_next, j, force, refresh)
+
+
+@functools.lru_cache(maxsize=16)
+def stage2_programs(config: DiTConfig, cfg: SuperGenConfig, layout: Layout, video: bool, sampler: str) -> Stage2:
+    """Stage-2 programs shared by every generation with the same geometry and settings (compiled once)."""
+    return Stage2(config, cfg, layout, video, sampler)
 
 
 def program_bytes(compiled) -> int:
@@ -533,7 +540,8 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     stats.devices, stats.mesh_shape, stats.tiles = layout.devices, layout.mesh_shape, layout.n_tiles
 
     labels = jnp.asarray([label], jnp.int32) if mc.num_classes else None
-    runner = Stage2(model, cfg, layout, labels, frames > 1, cfg.sampler)
+    runner = stage2_programs(mc, cfg, layout, frames > 1, cfg.sampler)
+    runner.used.clear()
     cache = init_cache(x) if cfg.cache_threshold > 0 else None
     x, cache = runner.place((x, cache))
     n, d = layout.n_tiles, layout.devices
@@ -567,7 +575,7 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         idx = jnp.asarray(idx.reshape(-1))
         if runner.mesh is not None:
             idx = jax.device_put(idx, NamedSharding(runner.mesh, P(AXES)))
-        x, cache = runner.step(model.params, x, cache, idx, jnp.float32(ts[i]), jnp.float32(ts[i + 1]), j, force,
+        x, cache = runner.step(model.params, labels, x, cache, idx, jnp.float32(ts[i]), jnp.float32(ts[i + 1]), j, force,
                                refresh)
         n_skip = int(skip.sum())
         stats.skips_per_step.append(n_skip)
@@ -582,7 +590,7 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         moves = len(steps2) - 1
         x = np.roll(x, (moves * layout.shift[0] % height, moves * layout.shift[1] % width), axis=(1, 2))
     stats.seconds = time.perf_counter() - start
-    stats.program_bytes = dict(runner.compiled_bytes)
+    stats.program_bytes = {k: runner.compiled_bytes[k] for k in sorted(runner.used)}
     stats.peak_bytes = max(stats.program_bytes.values(), default=0)
     latent = jnp.asarray(x)
     image = to_uint8(model, latent)

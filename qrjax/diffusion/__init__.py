@@ -1,2 +1,15 @@
 """SuperGen in JAX: a flow-matching DiT, training-free tiled ultra-high-resolution generation with a region-aware
-per-tile cache, and tile parallelism over devices."""
+per-tile cache, and tile parallelism over devices.
+
+    from qrjax.diffusion import load_pretrained, generate, SuperGenConfig
+    model = load_pretrained("cpu")
+    image, stats = generate(model, SuperGenConfig(cache_threshold=0.2), scale=4, label=model.label("china"))
+"""
+
+from qrjax.diffusion.config import PRESETS, DiTConfig, SuperGenConfig, get_config, get_supergen_config
+from qrjax.diffusion.supergen import GenerationStats, generate, sketch, upsample
+from qrjax.diffusion.train import DiffusionModel, load_model, load_pretrained, save_model, train_and_evaluate
+
+__all__ = ["PRESETS", "DiTConfig", "DiffusionModel", "GenerationStats", "SuperGenConfig", "generate",
+           "get_config", "get_supergen_config", "load_model", "load_pretrained", "save_model", "sketch",
+           "train_and_evaluate", "upsample"]

@@ -29,14 +29,16 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float,
+                time_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin: f32[F*h*w, head_dim/2] for a (frames, rows, cols) token grid, row-major.
 
-    The rotary pairs are split between axes: rows and columns share them equally for images; with frames a quarter
-    goes to time."""
+    The rotary pairs are split between axes: rows and columns share them equally; a video model (time_axis) gives a
+    quarter to time. The split is the model's, not the input's: an image model reading several frames keeps its
+    spatial encoding and sees frames without positions."""
     f, h, w = grid
     pairs = head_dim // 2
-    n_t = pairs // 4 if f > 1 else 0
+    n_t = pairs // 4 if time_axis else 0
     n_y = (pairs - n_t) // 2
     n_x = pairs - n_t - n_y
     pos = np.stack(np.meshgrid(np.arange(f), np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 3)
@@ -116,7 +118,8 @@ class DiT(nn.Module):
         if cfg.num_classes:
             y = jnp.full((b,), cfg.null_class, jnp.int32) if y is None else y
             cond = cond + nn.Embed(cfg.num_classes + 1, cfg.dim, name="y_embed")(y)
-        cos, sin = (jnp.asarray(a) for a in rope_tables((f, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta))
+        cos, sin = (jnp.asarray(a) for a in rope_tables((f, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta,
+                                                        time_axis=cfg.frames > 1))
         for i in range(cfg.depth):
             h = DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.attention, name=f"block{i}")(h, cond, cos, sin)
         shift, scale = jnp.split(nn.Dense(2 * cfg.dim, kernel_init=nn.initializers.zeros, name="final_adaLN")(

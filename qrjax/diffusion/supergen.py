@@ -331,6 +331,7 @@ class Stage2:
             self.mesh = make_mesh(layout.mesh_shape, AXES, devices=devices)
         self._programs: dict = {}
         self.compiled_bytes: dict[str, int] = {}
+        self.compiled_temp_bytes: dict[str, int] = {}
         self.used: set[str] = set()  # programs used since the last reset (one generation)
 
     # -- sharding helpers --------------------------------------------------------------------------------------
@@ -394,6 +395,8 @@ class Stage2:
             args = (params, labels, x, cache, idx, t, t_next, j, force, refresh)
             compiled = fn.lower(*args).compile()
             self.compiled_bytes[f"stage2_bucket{bucket}"] = program_bytes(compiled)
+            self.compiled_temp_bytes[f"stage2_bucket{bucket}"] = program_bytes(compiled, temp_only=True)
+
             self._programs[key] = compiled
         self.used.add(f"stage2_bucket{bucket}")
         return self._programs[key](params, labels, x, cache, idx, t, t_next, j, force, refresh)
@@ -405,12 +408,23 @@ def stage2_programs(config: DiTConfig, cfg: SuperGenConfig, layout: Layout, vide
     return Stage2(config, cfg, layout, video, sampler)
 
 
-def program_bytes(compiled) -> int:
-    """Peak device bytes XLA accounts for a compiled program: arguments + outputs + temporaries - aliased."""
+def program_bytes(compiled, temp_only: bool = False) -> int:
+    """Peak device bytes XLA accounts for a compiled program: arguments (weights included) + outputs + temporaries -
+    aliased (donated) buffers; temp_only: the temporaries alone (activations and scratch)."""
     m = compiled.memory_analysis()
     if m is None:
         return 0
+    if temp_only:
+        return int(m.temp_size_in_bytes)
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def program_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program (0 when the backend does not report one). Loop bodies (lax.map,
+    fori_loop) are counted once, not per trip: use it on straight-line programs such as one model call."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def _bucket(count: int, n: int) -> int:
@@ -433,6 +447,7 @@ class GenerationStats:
     skips_per_step: list = dataclasses.field(default_factory=list)
     peak_bytes: int = 0  # largest per-program footprint XLA accounts (arguments + outputs + temporaries)
     program_bytes: dict = dataclasses.field(default_factory=dict)
+    peak_temp_bytes: int = 0  # the temporaries alone (activations, scratch) of the largest program
     devices: int = 1
     mesh_shape: tuple = (1, 1)
     tiles: int = 1
@@ -509,9 +524,8 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     (tiling=shifted needs whole tiles; blended takes any size); frames > 1 generates video latents (tiled in space,
     whole in time); sketch_latent: a stage-1 result to reuse (the paper pre-saves them)."""
     mc = model.config
-    if mc.frames != frames and frames > 1 and mc.frames == 1:
-        mc = mc.replace(frames=frames)
-        model = model._replace(config=mc)
+    if frames < 1:
+        raise ValueError(f"frames={frames}: must be >= 1")
     if cfg.sampler not in ("euler", "heun"):
         raise ValueError(f"sampler {cfg.sampler!r}: choose euler or heun")
     if not 0 <= cfg.restart_step < cfg.steps:
@@ -592,6 +606,7 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     stats.seconds = time.perf_counter() - start
     stats.program_bytes = {k: runner.compiled_bytes[k] for k in sorted(runner.used)}
     stats.peak_bytes = max(stats.program_bytes.values(), default=0)
+    stats.peak_temp_bytes = max((runner.compiled_temp_bytes[k] for k in runner.used), default=0)
     latent = jnp.asarray(x)
     image = to_uint8(model, latent)
     image = image if frames > 1 else image[0]

@@ -1,0 +1,312 @@
+"""SuperGen on this machine: tiled vs untiled memory and time, seams, the cache-threshold sweep, tile parallelism.
+
+    python experiments/supergen_tiling.py                # the shipped cpu model, 2x/3x/4x (minutes on 2 cores)
+    python experiments/supergen_tiling.py --model PATH --scales 2 --seeds 1 --thresholds 0 0.5 --devices 1 2 \
+        --steps 6 --restart 2                            # smoke test (seconds)
+
+Writes experiments/results/supergen_tiling.{json,md,png} and supergen_examples.png. Every stage-2 comparison starts
+from the same stage-1 sketch and the same re-noise (SuperGen pre-saves its sketches), so differences are the
+tiling's, the cache's or the devices'. Times are medians after a warm-up run that compiles every program; model
+FLOPs are XLA's count for one model call times the calls made.
+
+1. Memory and time per scale: native-size generation (stage 1 alone, the 1x reference) against stage 2 untiled
+   (the whole canvas through the DiT) and tiled (SuperGen's shifted tiles, `max_batch` tiles per model call).
+   Peak bytes are XLA's accounting of the largest program (arguments + outputs + temporaries).
+2. Seams: gradient energy across the pixel lines where tile borders were at the last step, over the energy
+   elsewhere (1.0 = no seam), for a fixed grid, the shifted grid, the blended (MultiDiffusion) tiling and untiled.
+3. Cache sweep at the largest scale: model calls, wall time, skip rate, PSNR and SSIM against the uncached output.
+4. Tile parallelism on 1/2/4/8 simulated CPU devices: equality with one device and bytes exchanged per step
+   (canvas alone, and canvas + cache maps) against the strips the shift moves and a full-canvas all-gather.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from qrjax import bench  # noqa: E402
+from qrjax.diffusion import supergen as sg  # noqa: E402
+from qrjax.diffusion.config import SuperGenConfig  # noqa: E402
+from qrjax.diffusion.sampler import sample, velocity_fn  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def load(spec: str):
+    from qrjax.diffusion.train import PRETRAINED, load_model, load_pretrained
+
+    return load_pretrained(spec) if spec in PRETRAINED else load_model(Path(spec).with_suffix(""))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+
+
+def seam_ratio(image: np.ndarray, period: int, offset: tuple[int, int] = (0, 0)) -> float:
+    """Mean squared gradient across tile-border pixel lines (rows/cols offset + k * period) over that elsewhere."""
+    g = image.astype(np.float64).mean(-1)
+    dy, dx = np.diff(g, axis=0) ** 2, np.diff(g, axis=1) ** 2  # dy[i] is between rows i and i + 1
+    ry = (np.arange(1, g.shape[0]) - offset[0]) % period == 0
+    rx = (np.arange(1, g.shape[1]) - offset[1]) % period == 0
+    border = np.concatenate([dy[ry].ravel(), dx[:, rx].ravel()])
+    inner = np.concatenate([dy[~ry].ravel(), dx[:, ~rx].ravel()])
+    return float(border.mean() / inner.mean())
+
+
+def model_flops(model, shape) -> float:
+    """XLA FLOPs of one model call on a [1, *shape] latent."""
+    v = velocity_fn(model.config, model.params, jnp.zeros((1,), jnp.int32) if model.config.num_classes else None)
+    return sg.program_flops(jax.jit(v).lower(jnp.zeros((1, *shape)), jnp.float32(0.5)).compile())
+
+
+def timed(fn, repeats: int):
+    """(last result, median seconds) of `repeats` calls after one warm-up call."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cpu")
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--restart", type=int, default=2)
+    p.add_argument("--label", type=int, nargs="+", default=None, help="classes of the sweep's images (default: 4)")
+    p.add_argument("--seeds", type=int, default=4, help="images per setting in the cache sweep")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5])
+    p.add_argument("--alpha-off", action="store_true", help="also run the sweep without region-aware thresholds")
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--max-batch", type=int, nargs="+", default=[1, 16], help="tiles per model call to measure")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    model = load(args.model)
+    mc = model.config
+    labels = args.label or [i % max(mc.num_classes, 1) for i in (0, 3, 7, 10)][:max(1, args.seeds)]
+    base = SuperGenConfig(steps=args.steps, restart_step=args.restart)
+    s, f = mc.latent_size, model.autoencoder.factor
+    payload = {"machine": bench.machine_info(), "model": args.model, "native_pixels": mc.image_size,
+               "latent_tile": [s, s, mc.channels], "config": base.__dict__, "labels": labels}
+
+    def sketch_for(seed, label):
+        return sg.sketch(model, base, jax.random.split(jax.random.key(seed))[0], label)
+
+    def run(cfg, scale, seed=0, label=None, devices=1, sketch_latent=None):
+        label = labels[0] if label is None else label
+        sketch_latent = sketch_for(seed, label) if sketch_latent is None else sketch_latent
+        img, stats = sg.generate(model, cfg, scale=scale, label=label, key=jax.random.key(seed), devices=devices,
+                                 progress=False, sketch_latent=sketch_latent)
+        return img, stats
+
+    # 1. memory and time ------------------------------------------------------------------------------------------
+    label0 = labels[0]
+    lab = jnp.asarray([label0], jnp.int32) if mc.num_classes else None
+    # the weights are an argument, as in the stage-2 programs, so both peaks count them
+    native_fn = jax.jit(lambda params, key: sample(mc, params, key, lab, shape=(s, s, mc.channels), steps=args.steps))
+    native_compiled = native_fn.lower(model.params, jax.random.key(0)).compile()
+    _, native_seconds = timed(lambda: jax.block_until_ready(native_compiled(model.params, jax.random.key(0))),
+                              args.repeats)
+    native_bytes = sg.program_bytes(native_compiled)
+    native_temp = sg.program_bytes(native_compiled, temp_only=True)
+    tile_flops = model_flops(model, (s, s, mc.channels))
+    steps2 = args.steps - args.restart
+    memory_rows = [{"scale": 1, "variant": "native (stage 1)", "tokens_per_call": (s // mc.patch) ** 2,
+                    "peak_bytes": native_bytes, "peak_vs_native": 1.0, "temp_bytes": native_temp,
+                    "temp_vs_native": 1.0, "seconds": native_seconds,
+                    "model_gflop": tile_flops * args.steps / 1e9}]
+    sketch0 = sketch_for(0, label0)
+    images = {"sketch": sg.to_uint8(model, sketch0)[0]}
+    for scale in tqdm(args.scales, desc="memory/time"):
+        variants = [("untiled", base.replace(tiling="none"))] + \
+            [(f"tiled, {b} tile(s)/call", base.replace(max_batch=b)) for b in args.max_batch]
+        for name, cfg in variants:
+            (img, stats), secs = timed(lambda: run(cfg, scale, sketch_latent=sketch0), args.repeats)
+            calls = 1 if cfg.tiling == "none" else scale * scale
+            flops = model_flops(model, (scale * s, scale * s, mc.channels)) if cfg.tiling == "none" else tile_flops
+            memory_rows.append({"scale": scale, "variant": name, "tokens_per_call": (scale * s // mc.patch) ** 2 // calls,
+                                "peak_bytes": stats.peak_bytes, "peak_vs_native": stats.peak_bytes / native_bytes,
+                                "temp_bytes": stats.peak_temp_bytes, "temp_vs_native": stats.peak_temp_bytes / native_temp,
+                                "seconds": stats.stage2_seconds, "model_gflop": flops * calls * steps2 / 1e9})
+            images[f"{scale}x {name}"] = img
+    payload["memory"] = memory_rows
+
+    # 2. seams ------------------------------------------------------------------------------------------------------
+    top = max(args.scales)
+    seam_rows = []
+    period = mc.image_size
+    for name, cfg in (("fixed grid", base.replace(shift_divisions=0)), ("shifted (SuperGen)", base),
+                      ("blended (MultiDiffusion)", base.replace(tiling="blended")), ("untiled", base.replace(
+                          tiling="none"))):
+        img, stats = run(cfg, top, sketch_latent=sketch0)
+        moves = steps2 - 1
+        shift = sg.make_layout(cfg, top * s, top * s, s).shift if cfg.tiling == "shifted" else (0, 0)
+        offset = ((moves * shift[0] * f) % period, (moves * shift[1] * f) % period)
+        seam_rows.append({"variant": name, "seam_ratio_last_grid": seam_ratio(img, period, offset),
+                          "seam_ratio_fixed_grid": seam_ratio(img, period)})
+        images[f"{top}x {name}"] = img
+    payload["seams"] = seam_rows
+
+    # 3. cache sweep -------------------------------------------------------------------------------------------------
+    sweep = []
+    alphas = [base.region_alpha] + ([0.0] if args.alpha_off else [])
+    sketches = [(seed, lb, sketch_for(seed, lb)) for seed, lb in enumerate(labels)]
+    reference = {}
+    for alpha in alphas:
+        for thr in tqdm(args.thresholds, desc=f"cache sweep (alpha {alpha})"):
+            cfg = base.replace(cache_threshold=thr, region_alpha=alpha)
+            per = []
+            for seed, lb, sk in sketches:
+                (img, stats), secs = timed(lambda: run(cfg, top, seed, lb, sketch_latent=sk), 1)
+                if thr == 0.0:
+                    reference[seed] = img
+                per.append({"seconds": stats.stage2_seconds, "calls": stats.model_calls - stats.stage1_calls,
+                            "skip_rate": stats.skip_rate, "psnr": psnr(img, reference[seed]),
+                            "ssim": ssim(img, reference[seed])})
+                if seed == 0 and thr > 0:
+                    images[f"{top}x cache {thr:g} (a={alpha:g})"] = img
+            sweep.append({"threshold": thr, "alpha": alpha,
+                          "model_calls": float(np.mean([r["calls"] for r in per])),
+                          "seconds": float(np.median([r["seconds"] for r in per])),
+                          "skip_rate": float(np.mean([r["skip_rate"] for r in per])),
+                          "psnr_mean": float(np.mean([r["psnr"] for r in per])),
+                          "psnr_min": float(np.min([r["psnr"] for r in per])),
+                          "ssim_mean": float(np.mean([r["ssim"] for r in per]))})
+    for row in sweep:
+        ref = next(r for r in sweep if r["threshold"] == 0.0 and r["alpha"] == row["alpha"])
+        row["speedup_calls"] = ref["model_calls"] / row["model_calls"]
+        row["speedup_time"] = ref["seconds"] / row["seconds"]
+    payload["cache_sweep"] = sweep
+
+    # 4. tile parallelism ----------------------------------------------------------------------------------------
+    par = []
+    thr_par = next((t for t in args.thresholds if t > 0), 0.0)
+    for thr in sorted({0.0, thr_par}):
+        one = None
+        for d in tqdm(args.devices, desc=f"devices (cache {thr:g})"):
+            cfg = base.replace(cache_threshold=thr, max_batch=1)
+            try:
+                (stats, latent), secs = timed(lambda: sg.generate(
+                    model, cfg, scale=top, label=label0, key=jax.random.key(0), devices=d, progress=False,
+                    sketch_latent=sketch0, return_latent=True)[1:], args.repeats)
+            except ValueError as err:
+                par.append({"devices": d, "cache_threshold": thr, "error": str(err)})
+                continue
+            latent = np.asarray(latent)
+            one = latent if one is None else one
+            canvas_bytes = latent.size * 4
+            par.append({"devices": d, "cache_threshold": thr, "mesh": list(stats.mesh_shape),
+                        "stage2_seconds": stats.stage2_seconds, "max_abs_diff_vs_1": float(np.abs(latent - one).max()),
+                        "bit_identical": bool(np.array_equal(latent, one)),
+                        "latent_bytes_per_step": stats.latent_bytes_exchanged_per_step,
+                        "all_bytes_per_step": stats.bytes_exchanged_per_step,
+                        "moved_strip_bytes": stats.moved_strip_bytes_per_step,
+                        "allgather_bytes": canvas_bytes * (d - 1)})
+    payload["parallel"] = par
+
+    write(payload, images, args.out, top)
+    return 0
+
+
+def write(payload, images, out: Path, top: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = payload["machine"]
+    md = [f"# SuperGen tiling, cache and tile parallelism\n",
+          f"Machine: {m['processor']}, {m['cpu_count']} cores, jax {m['jax']} ({m['backend']}); command "
+          f"`{m['command']}`; model `{payload['model']}` (native {payload['native_pixels']} px, latent tile "
+          f"{payload['latent_tile']}); {payload['config']['steps']} steps, stage 2 from step "
+          f"{payload['config']['restart_step']}.\n",
+          "## Memory and time (stage 2 from the same sketch; peak = XLA's accounting of the largest program)\n",
+          bench.markdown_table(["scale", "variant", "tokens/call", "peak bytes (weights incl.)", "x native",
+                                "activations + scratch", "x native", "seconds", "model GFLOP"],
+                               [[r["scale"], r["variant"], r["tokens_per_call"], r["peak_bytes"], r["peak_vs_native"],
+                                 r["temp_bytes"], r["temp_vs_native"], r["seconds"], r["model_gflop"]]
+                                for r in payload["memory"]]),
+          f"\n## Seams at {top}x (gradient energy across tile-border lines / elsewhere; 1 = no seam)\n",
+          bench.markdown_table(["variant", "at the last step's borders", "at the fixed grid's borders"],
+                               [[r["variant"], r["seam_ratio_last_grid"], r["seam_ratio_fixed_grid"]]
+                                for r in payload["seams"]]),
+          f"\n## Cache sweep at {top}x ({len(payload['labels'])} images; PSNR/SSIM against the uncached output)\n",
+          bench.markdown_table(["threshold", "alpha", "model calls", "speedup (calls)", "seconds", "speedup (time)",
+                                "skip rate", "PSNR mean", "PSNR min", "SSIM mean"],
+                               [[r["threshold"], r["alpha"], r["model_calls"], r["speedup_calls"], r["seconds"],
+                                 r["speedup_time"], r["skip_rate"], r["psnr_mean"], r["psnr_min"], r["ssim_mean"]]
+                                for r in payload["cache_sweep"]]),
+          f"\n## Tile parallelism at {top}x (simulated CPU devices: bytes, not speed)\n",
+          bench.markdown_table(["devices", "cache", "mesh", "bit-identical to 1", "max |diff|", "canvas bytes/step",
+                                "with cache maps", "strips the shift moves", "all-gather would send"],
+                               [[r["devices"], r["cache_threshold"], r.get("mesh", "-"), r.get("bit_identical", "-"),
+                                 r.get("max_abs_diff_vs_1", "-"), r.get("latent_bytes_per_step", "-"),
+                                 r.get("all_bytes_per_step", "-"), r.get("moved_strip_bytes", "-"),
+                                 r.get("allgather_bytes", r.get("error", "-"))] for r in payload["parallel"]])]
+    bench.write_results(out, "supergen_tiling", payload, "\n".join(md))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    mem = [r for r in payload["memory"] if r["scale"] > 1]
+    for variant in dict.fromkeys(r["variant"] for r in mem):
+        rows = [r for r in mem if r["variant"] == variant]
+        axes[0].plot([r["scale"] for r in rows], [r["peak_vs_native"] for r in rows], "o-", label=f"{variant}: total")
+        axes[0].plot([r["scale"] for r in rows], [r["temp_vs_native"] for r in rows], "x:",
+                     label=f"{variant}: activations")
+    axes[0].axhline(1.5, color="grey", ls="--", lw=1, label="target 1.5x")
+    axes[0].set(xlabel="scale per side", ylabel="peak bytes / native generation", yscale="log",
+                title="Stage-2 peak memory")
+    axes[0].legend(fontsize=8)
+    for alpha in dict.fromkeys(r["alpha"] for r in payload["cache_sweep"]):
+        rows = [r for r in payload["cache_sweep"] if r["alpha"] == alpha]
+        axes[1].plot([r["speedup_time"] for r in rows], [min(r["psnr_mean"], 60) for r in rows], "o-",
+                     label=f"alpha {alpha:g}")
+        for r in rows:
+            axes[1].annotate(f"{r['threshold']:g}", (r["speedup_time"], min(r["psnr_mean"], 60)), fontsize=7)
+    axes[1].axhline(30, color="grey", ls="--", lw=1)
+    axes[1].axvline(1.36, color="grey", ls=":", lw=1)
+    axes[1].set(xlabel="speedup (wall time, stage 2)", ylabel="PSNR vs uncached (dB, capped at 60)",
+                title=f"Cache threshold sweep at {top}x")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "supergen_tiling.png", dpi=120)
+    plt.close(fig)
+
+    names = list(images)
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, name in zip(np.ravel(axes), names):
+        ax.imshow(images[name], interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "supergen_examples.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

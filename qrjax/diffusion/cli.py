@@ -92,14 +92,14 @@ def cmd_generate(args) -> int:
 
 
 def register(systems) -> None:
+    from qrjax.config import add_train_arguments
+    from qrjax.diffusion.config import PRESETS
+
     parser = systems.add_parser("diffusion", help="SuperGen: tiled, cached, parallel ultra-high-res generation")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the DiT with flow matching (resumes from --workdir)")
-    p.add_argument("--preset", default="cpu", help="tiny | cpu | paper")
-    p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("--data", type=Path, default=None, help="image folder (default: images bundled in the wheels)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DiTConfig field")
+    add_train_arguments(p, PRESETS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate one image (or video) at --size with SuperGen")

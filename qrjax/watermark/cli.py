@@ -298,14 +298,14 @@ def register_demo(parser) -> None:
 
 
 def register(systems) -> None:
+    from qrjax.config import add_train_arguments
+    from qrjax.watermark.config import PRESETS
+
     parser = systems.add_parser("watermark", help="QRMark watermark networks: train, embed, extract")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the encoder/extractor (resumes from --workdir)")
-    p.add_argument("--preset", default="cpu", help="paper | cpu | tiny")
-    p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("--data", type=Path, default=None, help="image folder (default: images bundled in the wheels)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_train_arguments(p, PRESETS)
     p.add_argument("--init", default=None, help="start from this model (shipped name or <stem>.json): fine-tuning")
     p.set_defaults(func=cmd_train)
 

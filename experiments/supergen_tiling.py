@@ -38,6 +38,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from qrjax import bench  # noqa: E402
 from qrjax.diffusion import supergen as sg  # noqa: E402
 from qrjax.diffusion.config import SuperGenConfig  # noqa: E402
+from qrjax.diffusion.metrics import psnr, seam_ratio, ssim  # noqa: E402
 from qrjax.diffusion.sampler import sample, velocity_fn  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,26 +50,46 @@ def load(spec: str):
     return load_pretrained(spec) if spec in PRETRAINED else load_model(Path(spec).with_suffix(""))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+def colour_features(images: np.ndarray) -> np.ndarray:
+    """Normalised 4x4x4 RGB histograms plus the mean colour: float[N, 67]."""
+    q = (images.reshape(len(images), -1, 3) // 64).astype(np.int64)
+    codes = q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]
+    hist = np.stack([np.bincount(c, minlength=64) for c in codes]).astype(np.float64)
+    hist /= hist.sum(1, keepdims=True)
+    return np.concatenate([hist, images.reshape(len(images), -1, 3).mean(1) / 255.0], 1)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
+def class_accuracy(model, base, per_class: int) -> dict:
+    """Toy quality of the trained model: a nearest-centroid colour classifier fitted on real crops of each training
+    photograph labels native-size samples; compared with fresh real crops (the classifier's own ceiling)."""
+    from qrjax.data import image_source
 
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+    source = image_source(None, "train")
+    n = model.config.num_classes
+    rng = np.random.default_rng(5)
+    feats, labels = [], []
+    for _ in range(8):
+        crops, idx = source.sample(rng, model.config.image_size, 64, area=model.config.crop_area, return_index=True)
+        feats.append(colour_features(crops))
+        labels.append(idx)
+    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    centroids = np.stack([feats[labels == c].mean(0) for c in range(n)])
 
+    def predict(images):
+        f = colour_features(images)
+        return np.argmin(((f[:, None] - centroids[None]) ** 2).sum(-1), 1)
 
-def seam_ratio(image: np.ndarray, period: int, offset: tuple[int, int] = (0, 0)) -> float:
-    """Mean squared gradient across tile-border pixel lines (rows/cols offset + k * period) over that elsewhere."""
-    g = image.astype(np.float64).mean(-1)
-    dy, dx = np.diff(g, axis=0) ** 2, np.diff(g, axis=1) ** 2  # dy[i] is between rows i and i + 1
-    ry = (np.arange(1, g.shape[0]) - offset[0]) % period == 0
-    rx = (np.arange(1, g.shape[1]) - offset[1]) % period == 0
-    border = np.concatenate([dy[ry].ravel(), dx[:, rx].ravel()])
-    inner = np.concatenate([dy[~ry].ravel(), dx[:, ~rx].ravel()])
-    return float(border.mean() / inner.mean())
+    real, real_idx = source.sample(np.random.default_rng(6), model.config.image_size, per_class * n,
+                                   area=model.config.crop_area, return_index=True)
+    want = np.repeat(np.arange(n), per_class)
+    lab = jnp.asarray(want, jnp.int32)
+    s = model.config.latent_size
+    lat = sample(model.config, model.params, jax.random.key(11), lab, shape=(s, s, model.config.channels),
+                 steps=base.steps)
+    generated = sg.to_uint8(model, lat)
+    return {"samples_per_class": per_class, "chance": 1.0 / n,
+            "generated_accuracy": float(np.mean(predict(generated) == want)),
+            "real_crop_accuracy": float(np.mean(predict(real) == real_idx))}
 
 
 def model_flops(model, shape) -> float:
@@ -101,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--max-batch", type=int, nargs="+", default=[1, 16], help="tiles per model call to measure")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--per-class", type=int, default=16, help="native samples per class for the toy quality check")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -111,6 +133,8 @@ def main(argv=None) -> int:
     s, f = mc.latent_size, model.autoencoder.factor
     payload = {"machine": bench.machine_info(), "model": args.model, "native_pixels": mc.image_size,
                "latent_tile": [s, s, mc.channels], "config": base.__dict__, "labels": labels}
+    if mc.num_classes:
+        payload["class_accuracy"] = class_accuracy(model, base, args.per_class)
 
     def sketch_for(seed, label):
         return sg.sketch(model, base, jax.random.split(jax.random.key(seed))[0], label)
@@ -165,8 +189,8 @@ def main(argv=None) -> int:
         moves = steps2 - 1
         shift = sg.make_layout(cfg, top * s, top * s, s).shift if cfg.tiling == "shifted" else (0, 0)
         offset = ((moves * shift[0] * f) % period, (moves * shift[1] * f) % period)
-        seam_rows.append({"variant": name, "seam_ratio_last_grid": seam_ratio(img, period, offset),
-                          "seam_ratio_fixed_grid": seam_ratio(img, period)})
+        seam_rows.append({"variant": name, "seam_ratio_last_grid": seam_ratio(img, period, offset, f),
+                          "seam_ratio_fixed_grid": seam_ratio(img, period, phase=f)})
         images[f"{top}x {name}"] = img
     payload["seams"] = seam_rows
 
@@ -243,6 +267,11 @@ def write(payload, images, out: Path, top: int):
           f"`{m['command']}`; model `{payload['model']}` (native {payload['native_pixels']} px, latent tile "
           f"{payload['latent_tile']}); {payload['config']['steps']} steps, stage 2 from step "
           f"{payload['config']['restart_step']}.\n",
+          *([f"Toy quality of the model (nearest-centroid colour classifier fitted on real crops of the "
+             f"{round(1 / payload['class_accuracy']['chance'])} training photographs): native samples classified as their class "
+             f"{payload['class_accuracy']['generated_accuracy']:.0%} of the time, fresh real crops "
+             f"{payload['class_accuracy']['real_crop_accuracy']:.0%}, chance {payload['class_accuracy']['chance']:.0%} "
+             f"({payload['class_accuracy']['samples_per_class']} per class).\n"] if "class_accuracy" in payload else []),
           "## Memory and time (stage 2 from the same sketch; peak = XLA's accounting of the largest program)\n",
           bench.markdown_table(["scale", "variant", "tokens/call", "peak bytes (weights incl.)", "x native",
                                 "activations + scratch", "x native", "seconds", "model GFLOP"],

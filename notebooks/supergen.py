@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from qrjax.diffusion import load_pretrained  # noqa: E402
 from qrjax.diffusion import supergen as sg  # noqa: E402
 from qrjax.diffusion.config import SuperGenConfig  # noqa: E402
+from qrjax.diffusion.metrics import psnr, seam_ratio  # noqa: E402
 
 model = load_pretrained("cpu")
 print(model.config.name, "DiT:", model.config.dim, "wide,", model.config.depth, "blocks; native",
@@ -85,22 +86,13 @@ plt.show()
 # energy on the pixel lines where borders sit with the energy elsewhere (1.0 means no seam).
 
 # %%
-
-
-def seam_ratio(img, period=32):
-    g = img.astype(float).mean(-1)
-    dy, dx = np.diff(g, axis=0) ** 2, np.diff(g, axis=1) ** 2
-    on_y, on_x = np.arange(1, g.shape[0]) % period == 0, np.arange(1, g.shape[1]) % period == 0
-    return np.concatenate([dy[on_y].ravel(), dx[:, on_x].ravel()]).mean() / \
-        np.concatenate([dy[~on_y].ravel(), dx[:, ~on_x].ravel()]).mean()
-
-
 fixed, _ = sg.generate(model, cfg.replace(shift_divisions=0), scale=4, label=label, key=key, sketch_latent=sketch,
                        progress=False)
 untiled, _ = sg.generate(model, cfg.replace(tiling="none"), scale=4, label=label, key=key, sketch_latent=sketch,
                          progress=False)
-for name, img in [("fixed grid", fixed), ("untiled", untiled)]:
-    print(f"{name:10s} seam ratio at the fixed grid's borders: {seam_ratio(img):.2f}")
+period, patch = model.config.image_size, model.autoencoder.factor
+for name, img in [("fixed grid", fixed), ("shifted", image), ("untiled", untiled)]:
+    print(f"{name:10s} seam ratio at the fixed grid's borders: {seam_ratio(img, period, phase=patch):.2f}")
 
 # %% [markdown]
 # ## The region-aware cache
@@ -109,13 +101,6 @@ for name, img in [("fixed grid", fixed), ("untiled", untiled)]:
 # thresholds 1.5x and 1.25x. Only active tiles go through the model: they are gathered into a packed batch.
 
 # %%
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
-    return 10 * np.log10(255 ** 2 / mse) if mse else float("inf")
-
-
 rows = []
 for thr in (0.0, 0.1, 0.2, 0.4):
     img, st = sg.generate(model, cfg.replace(cache_threshold=thr), scale=4, label=label, key=key,

@@ -25,9 +25,16 @@ Layout. The canvas and every map are kept in the *grid frame*: rolled so that th
 Moving the grid by (sy, sx) is then a roll of the state by (-sy, -sx), and tiles are plain reshapes of the canvas.
 On several devices (`devices > 1`) the grid frame is split into contiguous blocks of whole tiles over a
 (rows, cols) device mesh with `jax.shard_map`; the per-step roll sends each block's top sy rows and left sx columns
-to its neighbours with `lax.ppermute` and nothing else moves, and the scheduler step is local. Every tile sees
+to its neighbours with `lax.ppermute` (the canvas, and the cache maps when the cache is on), the weights are
+replicated once per generation, and the scheduler step is local. With `max_batch=1` (the default) every tile sees
 exactly the computation it would see on one device, so the output is bit-identical to the single-device run (tested
-on 8 simulated CPU devices).
+on 2, 3, 4 and 8 simulated CPU devices); larger tile batches differ between device counts by about one float32 ulp,
+because XLA's CPU matmul blocks a batch of 16 differently from a batch of 2.
+
+Limits, by choice: the device count must split the tile grid into equal blocks (9 tiles run on 1, 3 or 9 devices;
+SuperGen instead pads with dummy tiles and all-gathers the canvas every step); active tiles are not rebalanced across
+devices, so a step costs what the busiest device's bucket costs; the blended tiling runs on one device and without
+the cache.
 """
 
 from __future__ import annotations
@@ -231,23 +238,28 @@ def _tile_mean(tiles: jax.Array) -> jax.Array:
     return jnp.mean(tiles, axis=tuple(range(1, tiles.ndim)))
 
 
-def _global_top2(scores: jax.Array, axis_names) -> tuple[jax.Array, jax.Array]:
-    every = jax.lax.all_gather(scores, axis_names, tiled=True) if axis_names else scores
-    top = jax.lax.top_k(every, min(2, every.shape[0]))[0]
-    return top[0], top[-1] if every.shape[0] > 1 else jnp.inf
+def _region_multiplier(score: jax.Array, alpha, axis_names, n_local: int) -> jax.Array:
+    """Threshold multipliers: 1 + alpha for the tile with the highest variability score over all devices, 1 + alpha/2
+    for the second, 1 elsewhere (ties broken by tile index, as top_k does); 1 everywhere before any statistics."""
+    every = jax.lax.all_gather(score, axis_names, tiled=True) if axis_names else score
+    k = min(2, every.shape[0])
+    values, index = jax.lax.top_k(every, k)
+    base = jax.lax.axis_index(axis_names) * n_local if axis_names else 0
+    gid = base + jnp.arange(score.shape[0])
+    mult = jnp.where((gid == index[0]) & (values[0] > 0), 1.0 + alpha, 1.0)
+    if k > 1:
+        mult = jnp.where((gid == index[1]) & (values[1] > 0), 1.0 + alpha / 2, mult)
+    return mult
 
 
-def _plan(layout: Layout, cfg: SuperGenConfig, x, cache: CacheState, force, axis_names):
+def _plan(layout: Layout, x, cache: CacheState, ctl: dict, axis_names):
     """Per local tile: skip flag and the accumulated change it would carry. x, cache in the grid frame."""
     d_in = _tile_mean(cut(layout, jnp.abs(x - cache.x_prev)))
     o_mag = _tile_mean(cut(layout, jnp.abs(cache.o_prev))) + 1e-6
     acc = _tile_mean(cut(layout, cache.acc)) + _tile_mean(cut(layout, cache.k)) * d_in / o_mag
     score = _tile_mean(cut(layout, cache.score))
-    first, second = _global_top2(score, axis_names)
-    mult = jnp.where(score >= first, 1.0 + cfg.region_alpha, jnp.where(score >= second, 1.0 + cfg.region_alpha / 2,
-                                                                         1.0))
-    mult = jnp.where(first > 0, mult, 1.0)  # no statistics yet: every tile gets the base threshold
-    skip = (acc < cfg.cache_threshold * mult) & ~force & (cfg.cache_threshold > 0)
+    mult = _region_multiplier(score, ctl["alpha"], axis_names, score.shape[0])
+    skip = (acc < ctl["threshold"] * mult) & ~ctl["force"]
     return skip, acc
 
 
@@ -265,14 +277,20 @@ def _run_tiles(velocity, tiles: jax.Array, t, chunk: int, video: bool) -> jax.Ar
     return out if video else out[:, None]
 
 
-def _step_body(layout: Layout, cfg: SuperGenConfig, velocity, video: bool, sampler: str,
-               x, cache: CacheState | None, idx, t, t_next, j, force, refresh, axis_names):
+def executed_tiles(count: int, chunk: int) -> int:
+    """Tiles a model call over `count` tiles really runs: chunks of `chunk`, the last one padded."""
+    return count if count <= chunk else -(-count // chunk) * chunk
+
+
+def _step_body(layout: Layout, chunk: int, velocity, video: bool, sampler: str, x, cache: CacheState | None, idx,
+               ctl: dict, axis_names):
     """One stage-2 step on a local block (grid frame, already moved): model on the tiles listed in idx (padded with
     out-of-range entries), cached prediction elsewhere, one scheduler step. Returns (x_next, cache)."""
     n = layout.local_tiles if layout.tiling == "shifted" else layout.n_tiles
     shape = x.shape
+    t, t_next, j = ctl["t"], ctl["t_next"], ctl["j"]
     xt = cut(layout, x)
-    o_sel = _run_tiles(velocity, xt[jnp.minimum(idx, n - 1)], t, cfg.max_batch, video)
+    o_sel = _run_tiles(velocity, xt[jnp.minimum(idx, n - 1)], t, chunk, video)
     if cache is None:  # no cache: idx lists every tile
         o_t = jnp.zeros_like(xt).at[idx].set(o_sel, mode="drop")
     else:
@@ -280,7 +298,7 @@ def _step_body(layout: Layout, cfg: SuperGenConfig, velocity, video: bool, sampl
         a5 = active[:, None, None, None, None]
         resid_t = cut(layout, cache.resid)
         o_t = (xt + resid_t).at[idx].set(o_sel, mode="drop")  # skipped tiles: input + cached residual
-        _, acc_t = _plan(layout, cfg, x, cache, force, axis_names)
+        _, acc_t = _plan(layout, x, cache, ctl, axis_names)
         o_prev_t = cut(layout, cache.o_prev)
         d_out = _tile_mean(jnp.abs(o_t - o_prev_t))
         d_in = _tile_mean(jnp.abs(xt - cut(layout, cache.x_prev))) + 1e-12
@@ -290,7 +308,9 @@ def _step_body(layout: Layout, cfg: SuperGenConfig, velocity, video: bool, sampl
         k_new = jnp.where((active & prev_computed)[:, None, None, None, None],
                           (d_out / d_in)[:, None, None, None, None] * jnp.ones_like(k_t), k_t)
         acc_new = jnp.where(a5, 0.0, acc_t[:, None, None, None, None] * jnp.ones_like(k_t))
-        mag = jnp.mean(jnp.abs(o_t), axis=(1, 4), keepdims=True)  # [n, 1, T, T, 1]
+        # region statistics (SuperGen's per-tile Welford of mean|prediction|), kept per pixel so they follow the
+        # content when the grid moves: every pixel of a computed tile takes that tile's value
+        mag = _tile_mean(jnp.abs(o_t))[:, None, None, None, None] * jnp.ones_like(k_t)
         vn, vm, vm2 = (cut(layout, a) for a in (cache.var_n, cache.var_mean, cache.var_m2))
         vn1 = vn + 1.0
         delta = mag - vm
@@ -298,7 +318,7 @@ def _step_body(layout: Layout, cfg: SuperGenConfig, velocity, video: bool, sampl
         vm21 = vm2 + delta * (mag - vm1)
         vn, vm, vm2 = (jnp.where(a5, new, old) for new, old in ((vn1, vn), (vm1, vm), (vm21, vm2)))
         std = jnp.sqrt(vm2 / jnp.maximum(vn, 1.0))
-        score_t = jnp.where(refresh, std, cut(layout, cache.score))
+        score_t = jnp.where(ctl["refresh"], std, cut(layout, cache.score))
         cache = CacheState(
             x_prev=x,
             o_prev=paste(layout, jnp.where(a5, o_t, o_prev_t), shape),
@@ -310,19 +330,30 @@ def _step_body(layout: Layout, cfg: SuperGenConfig, velocity, video: bool, sampl
             var_m2=paste(layout, vm2, cache.var_m2.shape), score=paste(layout, score_t, cache.score.shape))
     v = paste(layout, o_t, shape)
     x_next = x + (t_next - t) * v
-    if sampler == "heun":  # the corrector evaluates every tile (the cache gates only the predictor)
-        v2 = paste(layout, _run_tiles(velocity, cut(layout, x_next), t_next, cfg.max_batch, video), shape)
-        x_next = jnp.where(t_next > 0, x + (t_next - t) * 0.5 * (v + v2), x_next)
+    if sampler == "heun":  # the corrector evaluates every tile (the cache gates only the predictor); none at t = 0
+        def corrector(x_next):
+            v2 = paste(layout, _run_tiles(velocity, cut(layout, x_next), t_next, chunk, video), shape)
+            return x + (t_next - t) * 0.5 * (v + v2)
+
+        x_next = jax.lax.cond(t_next > 0, corrector, lambda x_next: x_next, x_next)
     return x_next, cache
 
 
+def _program_key(cfg: SuperGenConfig) -> SuperGenConfig:
+    """The settings the compiled stage-2 programs depend on; thresholds, alpha and the schedule are arguments."""
+    return cfg.replace(steps=1, restart_step=0, cache_threshold=float(cfg.cache_threshold > 0), region_alpha=0.0,
+                       warmup_steps=0, region_interval=1, upsample="pixel")
+
+
 class Stage2:
-    """The compiled per-step programs of one stage-2 run: `plan` (skip flags) and `step` (one bucket size each).
+    """The compiled per-step programs of stage 2: `move` (the grid), `plan` (skip flags), `step` (one per bucket).
 
-    On one device they are plain jit functions; with a device mesh they are shard_map-ped over blocks of tiles."""
+    Compiled ahead of time on first use (compile time is kept apart from run time). On one device they are plain
+    programs; with a device mesh they are shard_map-ped over blocks of tiles."""
 
-    def __init__(self, config: DiTConfig, cfg: SuperGenConfig, layout: Layout, video: bool, sampler: str):
-        self.config, self.cfg, self.layout, self.video, self.sampler = config, cfg, layout, video, sampler
+    def __init__(self, config: DiTConfig, cfg: SuperGenConfig, layout: Layout, frames: int):
+        self.config, self.cfg, self.layout, self.frames = config, cfg, layout, frames
+        self.video, self.sampler = frames > 1, cfg.sampler
         self.mesh = None
         if layout.tiling == "shifted":
             devices = jax.devices()[:layout.devices]
@@ -333,6 +364,11 @@ class Stage2:
         self.compiled_bytes: dict[str, int] = {}
         self.compiled_temp_bytes: dict[str, int] = {}
         self.used: set[str] = set()  # programs used since the last reset (one generation)
+        self.compile_seconds = 0.0  # compile time since the last reset
+
+    def reset(self):
+        self.used.clear()
+        self.compile_seconds = 0.0
 
     # -- sharding helpers --------------------------------------------------------------------------------------
     @property
@@ -348,6 +384,12 @@ class Stage2:
             return tree
         return jax.device_put(tree, NamedSharding(self.mesh, self._spatial))
 
+    def replicate(self, tree):
+        """Weights and labels: copied to every device once per generation, not at every step."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
     def _wrap(self, body, in_specs, out_specs):
         if self.mesh is None:
             return body
@@ -357,55 +399,68 @@ class Stage2:
     def _axis_names(self):
         return AXES if self.mesh is not None and self.layout.devices > 1 else None
 
+    def _compiled(self, name: str, make, args, donate=()):
+        if name not in self._programs:
+            start = time.perf_counter()
+            compiled = jax.jit(make(), donate_argnums=donate).lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+            self.compiled_bytes[name] = program_bytes(compiled)
+            self.compiled_temp_bytes[name] = program_bytes(compiled, temp_only=True)
+            self._programs[name] = compiled
+        return self._programs[name]
+
     # -- programs ----------------------------------------------------------------------------------------------
     def move(self, tree):
         """Move the grid frame by one shift (every map and the canvas)."""
         if self.layout.tiling != "shifted":
             return tree
-        key = "move"
-        if key not in self._programs:
-            body = partial(jax.tree.map, lambda a: roll_grid(self.layout, a))
-            specs = jax.tree.map(lambda _: self._spatial, tree)
-            self._programs[key] = jax.jit(self._wrap(body, (specs,), specs), donate_argnums=0)
-        return self._programs[key](tree)
+        specs = jax.tree.map(lambda _: self._spatial, tree)
 
-    def plan(self, x, cache, force):
-        key = "plan"
-        if key not in self._programs:
-            def body(x, cache, force):
-                return _plan(self.layout, self.cfg, x, cache, force, self._axis_names)[0]
-            specs = (self._spatial, jax.tree.map(lambda _: self._spatial, cache), P())
-            self._programs[key] = jax.jit(self._wrap(body, specs, self._tiles_spec))
-        return self._programs[key](x, cache, force)
+        def make():
+            return self._wrap(partial(jax.tree.map, lambda a: roll_grid(self.layout, a)), (specs,), specs)
 
-    def step(self, params, labels, x, cache, idx, t, t_next, j, force, refresh):
+        return self._compiled("move", make, (tree,), donate=0)(tree)
+
+    def plan(self, x, cache, ctl):
+        specs = (self._spatial, jax.tree.map(lambda _: self._spatial, cache), jax.tree.map(lambda _: P(), ctl))
+
+        def make():
+            return self._wrap(lambda x, cache, ctl: _plan(self.layout, x, cache, ctl, self._axis_names)[0], specs,
+                              self._tiles_spec)
+
+        return self._compiled("plan", make, (x, cache, ctl))(x, cache, ctl)
+
+    def step(self, params, labels, x, cache, idx, ctl):
         bucket = idx.shape[0] // self.layout.devices if self.mesh is not None else idx.shape[0]
-        key = ("step", bucket)
-        if key not in self._programs:
-            def body(params, labels, x, cache, idx, t, t_next, j, force, refresh):
+        name = f"stage2_bucket{bucket}"
+        cache_spec = jax.tree.map(lambda _: self._spatial, cache)
+        specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, jax.tree.map(lambda _: P(), ctl))
+
+        def make():
+            def body(params, labels, x, cache, idx, ctl):
                 def velocity(xb, tb):  # every tile carries the canvas's label
                     lab = None if labels is None else jnp.broadcast_to(labels[:1], (xb.shape[0],))
                     return velocity_fn(self.config, params, lab, self.cfg.guidance)(xb, tb)
 
-                return _step_body(self.layout, self.cfg, velocity, self.video, self.sampler, x, cache, idx, t,
-                                  t_next, j, force, refresh, self._axis_names)
-            cache_spec = jax.tree.map(lambda _: self._spatial, cache)
-            specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, P(), P(), P(), P(), P())
-            fn = jax.jit(self._wrap(body, specs, (self._spatial, cache_spec)), donate_argnums=(2, 3))
-            args = (params, labels, x, cache, idx, t, t_next, j, force, refresh)
-            compiled = fn.lower(*args).compile()
-            self.compiled_bytes[f"stage2_bucket{bucket}"] = program_bytes(compiled)
-            self.compiled_temp_bytes[f"stage2_bucket{bucket}"] = program_bytes(compiled, temp_only=True)
+                return _step_body(self.layout, self.cfg.max_batch, velocity, self.video, self.sampler, x, cache, idx,
+                                  ctl, self._axis_names)
 
-            self._programs[key] = compiled
-        self.used.add(f"stage2_bucket{bucket}")
-        return self._programs[key](params, labels, x, cache, idx, t, t_next, j, force, refresh)
+            return self._wrap(body, specs, (self._spatial, cache_spec))
+
+        args = (params, labels, x, cache, idx, ctl)
+        self.used.add(name)
+        return self._compiled(name, make, args, donate=(2, 3))(*args)
 
 
 @functools.lru_cache(maxsize=16)
-def stage2_programs(config: DiTConfig, cfg: SuperGenConfig, layout: Layout, video: bool, sampler: str) -> Stage2:
-    """Stage-2 programs shared by every generation with the same geometry and settings (compiled once)."""
-    return Stage2(config, cfg, layout, video, sampler)
+def _stage2(config: DiTConfig, key: SuperGenConfig, layout: Layout, frames: int) -> Stage2:
+    return Stage2(config, key, layout, frames)
+
+
+def stage2_programs(config: DiTConfig, cfg: SuperGenConfig, layout: Layout, frames: int) -> Stage2:
+    """Stage-2 programs shared by every generation with the same model, geometry and program settings (compiled
+    once; thresholds, alpha and the schedule are runtime arguments)."""
+    return _stage2(config, _program_key(cfg), layout, frames)
 
 
 def program_bytes(compiled, temp_only: bool = False) -> int:
@@ -437,15 +492,19 @@ def _bucket(count: int, n: int) -> int:
 
 @dataclasses.dataclass
 class GenerationStats:
-    seconds: float = 0.0
-    stage1_seconds: float = 0.0
-    stage2_seconds: float = 0.0
+    seconds: float = 0.0  # wall time without compilation
+    stage1_seconds: float = 0.0  # the sketch (its first call includes compiling it)
+    stage2_seconds: float = 0.0  # stage 2 without compilation
+    compile_seconds: float = 0.0  # stage-2 programs compiled during this generation
     model_calls: int = 0  # DiT evaluations of one native-size tile (or of the whole canvas with tiling=none)
     stage1_calls: int = 0
+    executed_tile_forwards: int = 0  # stage-2 tiles the programs really ran: buckets padded to a power of two on
+    # every device (sized by the busiest), chunks padded to max_batch
     stage2_tiles: int = 0  # tile evaluations stage 2 would make without a cache
     tiles_skipped: int = 0
     skips_per_step: list = dataclasses.field(default_factory=list)
-    peak_bytes: int = 0  # largest per-program footprint XLA accounts (arguments + outputs + temporaries)
+    peak_bytes: int = 0  # largest stage-2 program footprint XLA accounts (weights, canvas, cache maps, activations),
+    # per device under a mesh
     program_bytes: dict = dataclasses.field(default_factory=dict)
     peak_temp_bytes: int = 0  # the temporaries alone (activations, scratch) of the largest program
     devices: int = 1
@@ -537,12 +596,18 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     guidance_mult = 2 if (cfg.guidance != 1.0 and mc.num_classes) else 1
     start = time.perf_counter()
 
+    if cfg.tiling == "blended" and cfg.cache_threshold > 0:
+        raise ValueError("the cache needs non-overlapping tiles (tiling=shifted or none): blended tiles average their "
+                         "cache maps where they overlap")
     if sketch_latent is None:
         x1 = jax.block_until_ready(sketch(model, cfg, k1, label, frames))
         stats.stage1_calls = cfg.steps * guidance_mult * (2 if cfg.sampler == "heun" else 1)
     else:
         x1 = jnp.asarray(sketch_latent)
         x1 = x1 if x1.ndim == 4 else x1[None]
+        want = (frames, mc.latent_size, mc.latent_size, mc.channels)
+        if x1.shape != want:
+            raise ValueError(f"sketch_latent has shape {tuple(x1.shape)}; frames={frames} needs {want}")
     stats.stage1_seconds = time.perf_counter() - start
 
     layout = make_layout(cfg, height, width, mc.latent_size, devices)
@@ -553,32 +618,33 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     stats.canvas = tuple(x.shape)
     stats.devices, stats.mesh_shape, stats.tiles = layout.devices, layout.mesh_shape, layout.n_tiles
 
-    labels = jnp.asarray([label], jnp.int32) if mc.num_classes else None
-    runner = stage2_programs(mc, cfg, layout, frames > 1, cfg.sampler)
-    runner.used.clear()
+    runner = stage2_programs(mc, cfg, layout, frames)
+    runner.reset()
+    params, labels = runner.replicate((model.params, jnp.asarray([label], jnp.int32) if mc.num_classes else None))
     cache = init_cache(x) if cfg.cache_threshold > 0 else None
     x, cache = runner.place((x, cache))
     n, d = layout.n_tiles, layout.devices
     n_local = n // d
     steps2 = list(range(cfg.restart_step, cfg.steps))
-    warm = max(cfg.warmup_steps, 2)
+    warm = max(cfg.warmup_steps, 2)  # k needs two computed steps before any tile may skip
     if layout.tiling == "shifted" and d > 1:
-        maps = [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))] if cfg.cache_threshold > 0 else \
-            [(x.shape, x.dtype)]
+        maps = [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))]
         stats.bytes_exchanged_per_step = exchanged_bytes(layout, maps)
         stats.latent_bytes_exchanged_per_step = exchanged_bytes(layout, [(x.shape, x.dtype)])
     if layout.tiling == "shifted":
         stats.moved_strip_bytes_per_step = moved_strip_bytes(layout, [(x.shape, x.dtype)])
+    tiles_spec = NamedSharding(runner.mesh, P(AXES)) if runner.mesh is not None else None
     t2 = time.perf_counter()
     for jj, i in enumerate(tqdm(steps2, desc=f"supergen {height}x{width} ({n} tiles)", disable=not progress or None,
                                 dynamic_ncols=True, leave=False)):
         if jj > 0:  # the grid moves every step after the first (SuperGen shifts at every stage-2 step)
             x, cache = runner.move((x, cache))
-        j = jnp.asarray(jj, jnp.int32)
-        force = jnp.asarray(jj < warm or jj == len(steps2) - 1)
-        refresh = jnp.asarray(jj % max(1, cfg.region_interval) == 0)
-        if cfg.cache_threshold > 0:
-            skip = np.asarray(jax.device_get(runner.plan(x, cache, force))).reshape(d, n_local)
+        ctl = {"t": np.float32(ts[i]), "t_next": np.float32(ts[i + 1]), "j": np.int32(jj),
+               "force": np.bool_(jj < warm or jj == len(steps2) - 1),
+               "refresh": np.bool_(jj % max(1, cfg.region_interval) == 0),
+               "threshold": np.float32(cfg.cache_threshold), "alpha": np.float32(cfg.region_alpha)}
+        if cache is not None:  # the one host sync per step: the skip flags pick the packed bucket
+            skip = np.asarray(jax.device_get(runner.plan(x, cache, ctl))).reshape(d, n_local)
         else:
             skip = np.zeros((d, n_local), bool)
         active = [np.flatnonzero(~row) for row in skip]
@@ -586,24 +652,26 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         idx = np.full((d, bucket), n_local, np.int32)  # out-of-range entries are padding
         for r, a in enumerate(active):
             idx[r, :len(a)] = a
-        idx = jnp.asarray(idx.reshape(-1))
-        if runner.mesh is not None:
-            idx = jax.device_put(idx, NamedSharding(runner.mesh, P(AXES)))
-        x, cache = runner.step(model.params, labels, x, cache, idx, jnp.float32(ts[i]), jnp.float32(ts[i + 1]), j, force,
-                               refresh)
+        idx = idx.reshape(-1) if tiles_spec is None else jax.device_put(idx.reshape(-1), tiles_spec)
+        x, cache = runner.step(params, labels, x, cache, idx, ctl)
         n_skip = int(skip.sum())
         stats.skips_per_step.append(n_skip)
         stats.tiles_skipped += n_skip
         stats.stage2_tiles += n
-        stats.model_calls += (n - n_skip) * guidance_mult + (n * guidance_mult if cfg.sampler == "heun" else 0)
+        corrector = cfg.sampler == "heun" and ts[i + 1] > 0
+        stats.model_calls += ((n - n_skip) + (n if corrector else 0)) * guidance_mult
+        chunk = cfg.max_batch
+        stats.executed_tile_forwards += d * (executed_tiles(bucket, chunk) +
+                                             (executed_tiles(n_local, chunk) if corrector else 0)) * guidance_mult
     x = jax.block_until_ready(x)
-    stats.stage2_seconds = time.perf_counter() - t2
+    stats.compile_seconds = runner.compile_seconds
+    stats.stage2_seconds = time.perf_counter() - t2 - runner.compile_seconds
     stats.model_calls += stats.stage1_calls
     x = jax.device_get(x)
     if layout.tiling == "shifted" and len(steps2) > 1:  # back from the grid frame to the canvas
         moves = len(steps2) - 1
         x = np.roll(x, (moves * layout.shift[0] % height, moves * layout.shift[1] % width), axis=(1, 2))
-    stats.seconds = time.perf_counter() - start
+    stats.seconds = time.perf_counter() - start - runner.compile_seconds
     stats.program_bytes = {k: runner.compiled_bytes[k] for k in sorted(runner.used)}
     stats.peak_bytes = max(stats.program_bytes.values(), default=0)
     stats.peak_temp_bytes = max((runner.compiled_temp_bytes[k] for k in runner.used), default=0)

@@ -13,7 +13,7 @@ from qrjax.diffusion import supergen as sg
 from qrjax.diffusion.autoencoder import pixel_autoencoder
 from qrjax.diffusion.config import SuperGenConfig, get_config
 from qrjax.diffusion.model import init_params
-from qrjax.diffusion.sampler import renoise, schedule, velocity_fn
+from qrjax.diffusion.sampler import renoise, schedule, step, velocity_fn
 from qrjax.diffusion.train import DiffusionModel
 from qrjax.parallel import make_mesh
 
@@ -81,14 +81,15 @@ def reference_shifted(cfg, scale):
         force = jj < warm or jj == len(steps) - 1
         accs, skip = [], []
         scores = np.array([score[wy, wx].mean() for wy, wx in wins])
-        top = np.sort(scores)[::-1]
+        order = np.argsort(-scores, kind="stable")  # ties go to the lower tile index
         for n, (wy, wx) in enumerate(wins):
             d_in = np.abs(x[wy, wx] - x_prev[wy, wx]).mean()
             a = acc[wy, wx].mean() + k[wy, wx].mean() * d_in / (np.abs(o_prev[wy, wx]).mean() + 1e-6)
             mult = 1.0
-            if top[0] > 0:
-                mult = 1 + cfg.region_alpha if scores[n] >= top[0] else \
-                    (1 + cfg.region_alpha / 2 if scores[n] >= top[1] else 1.0)
+            if n == order[0] and scores[n] > 0:
+                mult = 1 + cfg.region_alpha
+            elif n == order[1] and scores[n] > 0:
+                mult = 1 + cfg.region_alpha / 2
             accs.append(a)
             skip.append(cfg.cache_threshold > 0 and not force and a < cfg.cache_threshold * mult)
         skips.append(int(sum(skip)))
@@ -105,7 +106,7 @@ def reference_shifted(cfg, scale):
             if (last[wy, wx] == jj - 1).mean() > 0.5:
                 new[2][wy, wx] = np.abs(o - o_prev[wy, wx]).mean() / (np.abs(xi - x_prev[wy, wx]).mean() + 1e-12)
             new[0][wy, wx], new[1][wy, wx], new[3][wy, wx], new[4][wy, wx] = o, o - xi, 0.0, jj
-            mag = np.abs(o).mean(-1)
+            mag = np.abs(o).mean()  # the tile's mean |prediction|, given to each of its pixels
             n1 = var_n[wy, wx] + 1
             delta = mag - var_mean[wy, wx]
             m1 = var_mean[wy, wx] + delta / n1
@@ -208,7 +209,7 @@ def test_blended_matches_a_multidiffusion_loop():
 @pytest.mark.multidevice
 @pytest.mark.parametrize("devices,threshold", [(2, 0.0), (8, 0.0), (4, 1.4), (8, 1.4)])
 def test_tile_parallel_is_bit_identical_to_one_device(devices, threshold):
-    cfg = SuperGenConfig(steps=10, restart_step=2, cache_threshold=threshold, max_batch=2)
+    cfg = SuperGenConfig(steps=10, restart_step=2, cache_threshold=threshold)
     one, s1 = _run(cfg, scale=4)
     many, sn = _run(cfg, scale=4, devices=devices)
     np.testing.assert_array_equal(many, one)
@@ -241,6 +242,36 @@ def test_video_latents_tile_in_space():
     got, stats = _run(cfg, scale=2, frames=2)
     assert got.shape == (2, 16, 16, 3) and np.isfinite(got).all()
     assert stats.tiles == 4
+    three, _ = _run(cfg, scale=2, frames=3)  # same geometry, other frame count: its own programs
+    assert three.shape == (3, 16, 16, 3)
+    # one unshifted tile of a video is the untiled video run
+    cfg = cfg.replace(shift_divisions=0)
+    np.testing.assert_allclose(_run(cfg, scale=1, frames=2)[0], _run(cfg.replace(tiling="none"), scale=1, frames=2)[0],
+                               atol=1e-6)
+
+
+def test_heun_stage2_is_heun_on_the_canvas():
+    cfg = SuperGenConfig(steps=4, restart_step=1, sampler="heun", tiling="none")
+    got, stats = _run(cfg, scale=2)
+    x, ts = _stage2_input(cfg, 2)
+    m = model()
+    v = velocity_fn(m.config, m.params, jnp.asarray([LABEL], jnp.int32))
+    for i in range(cfg.restart_step, cfg.steps):
+        x = np.asarray(step(v, jnp.asarray(x)[None], ts[i], ts[i + 1], "heun"))[0]
+    np.testing.assert_allclose(got[0], x, atol=2e-5, rtol=1e-5)
+    # stage 1: 4 steps x 2 calls; stage 2: predictor + corrector on 2 steps, predictor only on the last (t = 0)
+    assert stats.model_calls == 8 + 2 * 2 + 1
+
+
+def test_counters_and_compile_time():
+    cfg = SuperGenConfig(steps=9, restart_step=2, cache_threshold=1.4, max_batch=4)
+    _, stats = _run(cfg.replace(region_alpha=0.25), scale=2)  # other runtime knobs: the same programs
+    executed = 0
+    for skipped in stats.skips_per_step:
+        bucket = 1 << int(np.ceil(np.log2(max(4 - skipped, 1))))
+        executed += bucket
+    assert stats.executed_tile_forwards == executed >= stats.model_calls - 9
+    assert stats.compile_seconds >= 0 and stats.stage2_seconds > 0
 
 
 def test_bad_geometry_is_named():
@@ -253,3 +284,7 @@ def test_bad_geometry_is_named():
         sg.generate(m, SuperGenConfig(steps=3, restart_step=3), progress=False)
     with pytest.raises(ValueError, match="tiling"):
         sg.make_layout(SuperGenConfig(tiling="diagonal"), 16, 16, 8)
+    with pytest.raises(ValueError, match="non-overlapping"):
+        sg.generate(m, SuperGenConfig(steps=3, tiling="blended", cache_threshold=0.1), progress=False)
+    with pytest.raises(ValueError, match="sketch_latent has shape"):
+        sg.generate(m, SuperGenConfig(steps=3), frames=2, sketch_latent=jnp.zeros((1, 8, 8, 3)), progress=False)

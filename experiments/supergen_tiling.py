@@ -99,14 +99,19 @@ def model_flops(model, shape) -> float:
 
 
 def timed(fn, repeats: int):
-    """(last result, median seconds) of `repeats` calls after one warm-up call."""
-    out = fn()
-    times = []
+    """(results of `repeats` calls after one warm-up call that compiles everything, median wall seconds)."""
+    fn()
+    outs, times = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        out = fn()
+        outs.append(fn())
         times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
+    return outs, statistics.median(times)
+
+
+def median_stage2(runs) -> float:
+    """Median stage-2 seconds (compilation excluded) of (image, stats) results."""
+    return statistics.median(stats.stage2_seconds for _, stats in runs)
 
 
 def main(argv=None) -> int:
@@ -120,11 +125,13 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5])
     p.add_argument("--alpha-off", action="store_true", help="also run the sweep without region-aware thresholds")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--max-batch", type=int, nargs="+", default=[1, 16], help="tiles per model call to measure")
+    p.add_argument("--max-batch", type=int, nargs="+", default=[1, 4, 16], help="tiles per model call to measure")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--per-class", type=int, default=16, help="native samples per class for the toy quality check")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    args.thresholds = [0.0] + [t for t in args.thresholds if t != 0.0]  # the uncached run is the reference
+    args.devices = [1] + [d for d in args.devices if d != 1]  # and so is one device
 
     model = load(args.model)
     mc = model.config
@@ -160,7 +167,7 @@ def main(argv=None) -> int:
     steps2 = args.steps - args.restart
     memory_rows = [{"scale": 1, "variant": "native (stage 1)", "tokens_per_call": (s // mc.patch) ** 2,
                     "peak_bytes": native_bytes, "peak_vs_native": 1.0, "temp_bytes": native_temp,
-                    "temp_vs_native": 1.0, "seconds": native_seconds,
+                    "temp_vs_native": 1.0, "ms_per_step": 1e3 * native_seconds / args.steps,
                     "model_gflop": tile_flops * args.steps / 1e9}]
     sketch0 = sketch_for(0, label0)
     images = {"sketch": sg.to_uint8(model, sketch0)[0]}
@@ -168,13 +175,17 @@ def main(argv=None) -> int:
         variants = [("untiled", base.replace(tiling="none"))] + \
             [(f"tiled, {b} tile(s)/call", base.replace(max_batch=b)) for b in args.max_batch]
         for name, cfg in variants:
-            (img, stats), secs = timed(lambda: run(cfg, scale, sketch_latent=sketch0), args.repeats)
+            runs, _ = timed(lambda: run(cfg, scale, sketch_latent=sketch0), args.repeats)
+            img, stats = runs[-1]
             calls = 1 if cfg.tiling == "none" else scale * scale
             flops = model_flops(model, (scale * s, scale * s, mc.channels)) if cfg.tiling == "none" else tile_flops
-            memory_rows.append({"scale": scale, "variant": name, "tokens_per_call": (scale * s // mc.patch) ** 2 // calls,
+            tokens = (scale * s // mc.patch) ** 2 if cfg.tiling == "none" else \
+                (s // mc.patch) ** 2 * min(cfg.max_batch, calls)
+            memory_rows.append({"scale": scale, "variant": name, "tokens_per_call": tokens,
                                 "peak_bytes": stats.peak_bytes, "peak_vs_native": stats.peak_bytes / native_bytes,
                                 "temp_bytes": stats.peak_temp_bytes, "temp_vs_native": stats.peak_temp_bytes / native_temp,
-                                "seconds": stats.stage2_seconds, "model_gflop": flops * calls * steps2 / 1e9})
+                                "ms_per_step": 1e3 * median_stage2(runs) / steps2,
+                                "model_gflop": flops * calls * steps2 / 1e9})
             images[f"{scale}x {name}"] = img
     payload["memory"] = memory_rows
 
@@ -186,11 +197,12 @@ def main(argv=None) -> int:
                       ("blended (MultiDiffusion)", base.replace(tiling="blended")), ("untiled", base.replace(
                           tiling="none"))):
         img, stats = run(cfg, top, sketch_latent=sketch0)
+        layout = sg.make_layout(cfg, top * s, top * s, s)
         moves = steps2 - 1
-        shift = sg.make_layout(cfg, top * s, top * s, s).shift if cfg.tiling == "shifted" else (0, 0)
-        offset = ((moves * shift[0] * f) % period, (moves * shift[1] * f) % period)
-        seam_rows.append({"variant": name, "seam_ratio_last_grid": seam_ratio(img, period, offset, f),
-                          "seam_ratio_fixed_grid": seam_ratio(img, period, phase=f)})
+        own = {"shifted": (period, ((moves * layout.shift[0] * f) % period, (moves * layout.shift[1] * f) % period)),
+               "blended": (layout.stride * f, (0, 0)), "none": (period, (0, 0))}[cfg.tiling]
+        seam_rows.append({"variant": name, "seam_ratio_own_borders": seam_ratio(img, own[0], own[1], f),
+                          "own_border_period_px": own[0], "seam_ratio_fixed_grid": seam_ratio(img, period, phase=f)})
         images[f"{top}x {name}"] = img
     payload["seams"] = seam_rows
 
@@ -204,16 +216,19 @@ def main(argv=None) -> int:
             cfg = base.replace(cache_threshold=thr, region_alpha=alpha)
             per = []
             for seed, lb, sk in sketches:
-                (img, stats), secs = timed(lambda: run(cfg, top, seed, lb, sketch_latent=sk), 1)
+                runs, _ = timed(lambda: run(cfg, top, seed, lb, sketch_latent=sk), args.repeats)
+                img, stats = runs[-1]
                 if thr == 0.0:
                     reference[seed] = img
-                per.append({"seconds": stats.stage2_seconds, "calls": stats.model_calls - stats.stage1_calls,
+                per.append({"seconds": median_stage2(runs), "calls": stats.model_calls - stats.stage1_calls,
+                            "executed": stats.executed_tile_forwards,
                             "skip_rate": stats.skip_rate, "psnr": psnr(img, reference[seed]),
                             "ssim": ssim(img, reference[seed])})
                 if seed == 0 and thr > 0:
                     images[f"{top}x cache {thr:g} (a={alpha:g})"] = img
             sweep.append({"threshold": thr, "alpha": alpha,
                           "model_calls": float(np.mean([r["calls"] for r in per])),
+                          "executed_tile_forwards": float(np.mean([r["executed"] for r in per])),
                           "seconds": float(np.median([r["seconds"] for r in per])),
                           "skip_rate": float(np.mean([r["skip_rate"] for r in per])),
                           "psnr_mean": float(np.mean([r["psnr"] for r in per])),
@@ -222,6 +237,7 @@ def main(argv=None) -> int:
     for row in sweep:
         ref = next(r for r in sweep if r["threshold"] == 0.0 and r["alpha"] == row["alpha"])
         row["speedup_calls"] = ref["model_calls"] / row["model_calls"]
+        row["speedup_executed"] = ref["executed_tile_forwards"] / row["executed_tile_forwards"]
         row["speedup_time"] = ref["seconds"] / row["seconds"]
     payload["cache_sweep"] = sweep
 
@@ -231,11 +247,12 @@ def main(argv=None) -> int:
     for thr in sorted({0.0, thr_par}):
         one = None
         for d in tqdm(args.devices, desc=f"devices (cache {thr:g})"):
-            cfg = base.replace(cache_threshold=thr, max_batch=1)
+            cfg = base.replace(cache_threshold=thr)
             try:
-                (stats, latent), secs = timed(lambda: sg.generate(
+                runs, _ = timed(lambda: sg.generate(
                     model, cfg, scale=top, label=label0, key=jax.random.key(0), devices=d, progress=False,
                     sketch_latent=sketch0, return_latent=True)[1:], args.repeats)
+                stats, latent = runs[-1]
             except ValueError as err:
                 par.append({"devices": d, "cache_threshold": thr, "error": str(err)})
                 continue
@@ -243,7 +260,8 @@ def main(argv=None) -> int:
             one = latent if one is None else one
             canvas_bytes = latent.size * 4
             par.append({"devices": d, "cache_threshold": thr, "mesh": list(stats.mesh_shape),
-                        "stage2_seconds": stats.stage2_seconds, "max_abs_diff_vs_1": float(np.abs(latent - one).max()),
+                        "stage2_seconds": statistics.median(r[0].stage2_seconds for r in runs),
+                        "executed_tile_forwards": stats.executed_tile_forwards, "max_abs_diff_vs_1": float(np.abs(latent - one).max()),
                         "bit_identical": bool(np.array_equal(latent, one)),
                         "latent_bytes_per_step": stats.latent_bytes_exchanged_per_step,
                         "all_bytes_per_step": stats.bytes_exchanged_per_step,
@@ -274,21 +292,25 @@ def write(payload, images, out: Path, top: int):
              f"({payload['class_accuracy']['samples_per_class']} per class).\n"] if "class_accuracy" in payload else []),
           "## Memory and time (stage 2 from the same sketch; peak = XLA's accounting of the largest program)\n",
           bench.markdown_table(["scale", "variant", "tokens/call", "peak bytes (weights incl.)", "x native",
-                                "activations + scratch", "x native", "seconds", "model GFLOP"],
+                                "activations + scratch", "x native", "ms per step", "model GFLOP (all steps)"],
                                [[r["scale"], r["variant"], r["tokens_per_call"], r["peak_bytes"], r["peak_vs_native"],
-                                 r["temp_bytes"], r["temp_vs_native"], r["seconds"], r["model_gflop"]]
+                                 r["temp_bytes"], r["temp_vs_native"], r["ms_per_step"], r["model_gflop"]]
                                 for r in payload["memory"]]),
-          f"\n## Seams at {top}x (gradient energy across tile-border lines / elsewhere; 1 = no seam)\n",
-          bench.markdown_table(["variant", "at the last step's borders", "at the fixed grid's borders"],
-                               [[r["variant"], r["seam_ratio_last_grid"], r["seam_ratio_fixed_grid"]]
-                                for r in payload["seams"]]),
+          f"\n## Seams at {top}x (gradient energy across tile-border lines / across other lines between latent "
+          f"pixels; 1 = no seam)\n",
+          bench.markdown_table(["variant", "at its own last-step borders", "border period (px)",
+                                "at the native grid's borders"],
+                               [[r["variant"], r["seam_ratio_own_borders"], r["own_border_period_px"],
+                                 r["seam_ratio_fixed_grid"]] for r in payload["seams"]]),
           f"\n## Cache sweep at {top}x ({len(payload['labels'])} images; PSNR/SSIM against the uncached output)\n",
-          bench.markdown_table(["threshold", "alpha", "model calls", "speedup (calls)", "seconds", "speedup (time)",
-                                "skip rate", "PSNR mean", "PSNR min", "SSIM mean"],
-                               [[r["threshold"], r["alpha"], r["model_calls"], r["speedup_calls"], r["seconds"],
-                                 r["speedup_time"], r["skip_rate"], r["psnr_mean"], r["psnr_min"], r["ssim_mean"]]
-                                for r in payload["cache_sweep"]]),
-          f"\n## Tile parallelism at {top}x (simulated CPU devices: bytes, not speed)\n",
+          bench.markdown_table(["threshold", "alpha", "model calls", "speedup (calls)", "speedup (tiles run)",
+                                "stage-2 seconds", "speedup (time)", "skip rate", "PSNR mean", "PSNR min",
+                                "SSIM mean"],
+                               [[r["threshold"], r["alpha"], r["model_calls"], r["speedup_calls"],
+                                 r["speedup_executed"], r["seconds"], r["speedup_time"], r["skip_rate"],
+                                 r["psnr_mean"], r["psnr_min"], r["ssim_mean"]] for r in payload["cache_sweep"]]),
+          f"\n## Tile parallelism at {top}x (simulated CPU devices on 2 cores: bytes, not speed; one tile per model "
+          f"call)\n",
           bench.markdown_table(["devices", "cache", "mesh", "bit-identical to 1", "max |diff|", "canvas bytes/step",
                                 "with cache maps", "strips the shift moves", "all-gather would send"],
                                [[r["devices"], r["cache_threshold"], r.get("mesh", "-"), r.get("bit_identical", "-"),

@@ -410,44 +410,33 @@ class Stage2:
         return self._programs[name]
 
     # -- programs ----------------------------------------------------------------------------------------------
-    def move(self, tree):
-        """Move the grid frame by one shift (every map and the canvas)."""
-        if self.layout.tiling != "shifted":
-            return tree
-        specs = jax.tree.map(lambda _: self._spatial, tree)
-
-        def make():
-            return self._wrap(partial(jax.tree.map, lambda a: roll_grid(self.layout, a)), (specs,), specs)
-
-        return self._compiled("move", make, (tree,), donate=0)(tree)
-
-    def plan(self, x, cache, ctl):
-        specs = (self._spatial, jax.tree.map(lambda _: self._spatial, cache), jax.tree.map(lambda _: P(), ctl))
-
-        def make():
-            return self._wrap(lambda x, cache, ctl: _plan(self.layout, x, cache, ctl, self._axis_names)[0], specs,
-                              self._tiles_spec)
-
-        return self._compiled("plan", make, (x, cache, ctl))(x, cache, ctl)
-
-    def step(self, params, labels, x, cache, idx, ctl):
+    def step(self, params, labels, x, cache, idx, ctl, ctl_next):
+        """Step j on the listed tiles, then the grid move and the skip flags of step j + 1 (ctl_next), in one
+        program: one dispatch and one host sync (the flags) per denoising step."""
         bucket = idx.shape[0] // self.layout.devices if self.mesh is not None else idx.shape[0]
         name = f"stage2_bucket{bucket}"
         cache_spec = jax.tree.map(lambda _: self._spatial, cache)
-        specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, jax.tree.map(lambda _: P(), ctl))
+        ctl_spec = jax.tree.map(lambda _: P(), ctl)
+        specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, ctl_spec, ctl_spec)
+        n_local = self.layout.local_tiles if self.layout.tiling == "shifted" else self.layout.n_tiles
 
         def make():
-            def body(params, labels, x, cache, idx, ctl):
+            def body(params, labels, x, cache, idx, ctl, ctl_next):
                 def velocity(xb, tb):  # every tile carries the canvas's label
                     lab = None if labels is None else jnp.broadcast_to(labels[:1], (xb.shape[0],))
                     return velocity_fn(self.config, params, lab, self.cfg.guidance)(xb, tb)
 
-                return _step_body(self.layout, self.cfg.max_batch, velocity, self.video, self.sampler, x, cache, idx,
-                                  ctl, self._axis_names)
+                x, cache = _step_body(self.layout, self.cfg.max_batch, velocity, self.video, self.sampler, x, cache,
+                                      idx, ctl, self._axis_names)
+                if self.layout.tiling == "shifted":
+                    x, cache = jax.tree.map(lambda a: roll_grid(self.layout, a), (x, cache))
+                skip = _plan(self.layout, x, cache, ctl_next, self._axis_names)[0] if cache is not None else \
+                    jnp.zeros((n_local,), bool)
+                return x, cache, skip
 
-            return self._wrap(body, specs, (self._spatial, cache_spec))
+            return self._wrap(body, specs, (self._spatial, cache_spec, self._tiles_spec))
 
-        args = (params, labels, x, cache, idx, ctl)
+        args = (params, labels, x, cache, idx, ctl, ctl_next)
         self.used.add(name)
         return self._compiled(name, make, args, donate=(2, 3))(*args)
 
@@ -634,27 +623,28 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     if layout.tiling == "shifted":
         stats.moved_strip_bytes_per_step = moved_strip_bytes(layout, [(x.shape, x.dtype)])
     tiles_spec = NamedSharding(runner.mesh, P(AXES)) if runner.mesh is not None else None
+
+    def control(jj: int) -> dict:
+        i = steps2[min(jj, len(steps2) - 1)]
+        return {"t": np.float32(ts[i]), "t_next": np.float32(ts[i + 1]), "j": np.int32(jj),
+                "force": np.bool_(jj < warm or jj >= len(steps2) - 1),
+                "refresh": np.bool_(jj % max(1, cfg.region_interval) == 0),
+                "threshold": np.float32(cfg.cache_threshold), "alpha": np.float32(cfg.region_alpha)}
+
+    skip = np.zeros((d, n_local), bool)  # the first steps are always computed
     t2 = time.perf_counter()
     for jj, i in enumerate(tqdm(steps2, desc=f"supergen {height}x{width} ({n} tiles)", disable=not progress or None,
                                 dynamic_ncols=True, leave=False)):
-        if jj > 0:  # the grid moves every step after the first (SuperGen shifts at every stage-2 step)
-            x, cache = runner.move((x, cache))
-        ctl = {"t": np.float32(ts[i]), "t_next": np.float32(ts[i + 1]), "j": np.int32(jj),
-               "force": np.bool_(jj < warm or jj == len(steps2) - 1),
-               "refresh": np.bool_(jj % max(1, cfg.region_interval) == 0),
-               "threshold": np.float32(cfg.cache_threshold), "alpha": np.float32(cfg.region_alpha)}
-        if cache is not None:  # the one host sync per step: the skip flags pick the packed bucket
-            skip = np.asarray(jax.device_get(runner.plan(x, cache, ctl))).reshape(d, n_local)
-        else:
-            skip = np.zeros((d, n_local), bool)
         active = [np.flatnonzero(~row) for row in skip]
         bucket = _bucket(max(len(a) for a in active), n_local)
         idx = np.full((d, bucket), n_local, np.int32)  # out-of-range entries are padding
         for r, a in enumerate(active):
             idx[r, :len(a)] = a
         idx = idx.reshape(-1) if tiles_spec is None else jax.device_put(idx.reshape(-1), tiles_spec)
-        x, cache = runner.step(params, labels, x, cache, idx, ctl)
         n_skip = int(skip.sum())
+        # step jj, the grid move, and step jj + 1's skip flags (the one host sync per step picks its bucket)
+        x, cache, next_skip = runner.step(params, labels, x, cache, idx, control(jj), control(jj + 1))
+        skip = np.asarray(jax.device_get(next_skip)).reshape(d, n_local)
         stats.skips_per_step.append(n_skip)
         stats.tiles_skipped += n_skip
         stats.stage2_tiles += n
@@ -668,8 +658,8 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     stats.stage2_seconds = time.perf_counter() - t2 - runner.compile_seconds
     stats.model_calls += stats.stage1_calls
     x = jax.device_get(x)
-    if layout.tiling == "shifted" and len(steps2) > 1:  # back from the grid frame to the canvas
-        moves = len(steps2) - 1
+    if layout.tiling == "shifted":  # back from the grid frame to the canvas (the grid moved after every step)
+        moves = len(steps2)
         x = np.roll(x, (moves * layout.shift[0] % height, moves * layout.shift[1] % width), axis=(1, 2))
     stats.seconds = time.perf_counter() - start - runner.compile_seconds
     stats.program_bytes = {k: runner.compiled_bytes[k] for k in sorted(runner.used)}

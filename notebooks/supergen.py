@@ -102,7 +102,7 @@ for name, img in [("fixed grid", fixed), ("shifted", image), ("untiled", untiled
 
 # %%
 rows = []
-for thr in (0.0, 0.1, 0.2, 0.4):
+for thr in (0.0, 0.3, 0.5, 0.8):
     img, st = sg.generate(model, cfg.replace(cache_threshold=thr), scale=4, label=label, key=key,
                           sketch_latent=sketch, progress=False)
     rows.append((thr, st, img))

@@ -481,7 +481,7 @@ def _bucket(count: int, n: int) -> int:
 
 @dataclasses.dataclass
 class GenerationStats:
-    seconds: float = 0.0  # wall time without compilation
+    seconds: float = 0.0  # wall time without stage-2 compilation (a first sketch call includes compiling it)
     stage1_seconds: float = 0.0  # the sketch (its first call includes compiling it)
     stage2_seconds: float = 0.0  # stage 2 without compilation
     compile_seconds: float = 0.0  # stage-2 programs compiled during this generation

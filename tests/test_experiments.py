@@ -102,17 +102,19 @@ def test_supergen_tiling_smoke(tmp_path):
     save_model(DiffusionModel(config, params, pixel_autoencoder(), ()), tmp_path / "tiny")
     cmd = [sys.executable, str(ROOT / "experiments" / "supergen_tiling.py"), "--model", str(tmp_path / "tiny"),
            "--scales", "2", "--seeds", "1", "--thresholds", "0", "1.4", "--devices", "1", "2", "--steps", "8",
+           "--sweep-rounds", "1",
            "--restart", "2", "--repeats", "1", "--max-batch", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "supergen_tiling.json").read_text())
     assert [(r["scale"], r["variant"]) for r in result["memory"]] == [
-        (1, "native (stage 1)"), (2, "untiled"), (2, "tiled, 1 tile(s)/call")]
+        (1, "native (stage 1)"), (2, "untiled"), (2, "tiled, 1 tile(s)/call"), (2, "tiled + cache, 1 tile/call")]
     assert [r["threshold"] for r in result["cache_sweep"]] == [0.0, 1.4]
     assert result["cache_sweep"][0]["psnr_mean"] == float("inf") and result["cache_sweep"][1]["skip_rate"] > 0
     par = result["parallel"]
     assert all(r["bit_identical"] for r in par) and {r["devices"] for r in par} == {1, 2}
     assert all(r["latent_bytes_per_step"] <= r["moved_strip_bytes"] for r in par)
+    assert all(r["all_bytes_per_step"] <= r["moved_state_strip_bytes"] for r in par)
     assert {r["variant"] for r in result["seams"]} >= {"fixed grid", "shifted (SuperGen)"}
     assert (tmp_path / "supergen_tiling.md").read_text().startswith("# SuperGen tiling")
     assert (tmp_path / "supergen_tiling.png").stat().st_size > 0 and (tmp_path / "supergen_examples.png").exists()

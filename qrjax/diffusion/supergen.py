@@ -502,6 +502,7 @@ class GenerationStats:
     bytes_exchanged_per_step: int = 0  # across devices, canvas and cache maps together
     latent_bytes_exchanged_per_step: int = 0  # the canvas alone
     moved_strip_bytes_per_step: int = 0  # strips of the canvas the shift moves across tile borders
+    moved_state_strip_bytes_per_step: int = 0  # the same for the canvas and the cache maps together
     canvas: tuple = ()
 
     @property
@@ -622,6 +623,8 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         stats.latent_bytes_exchanged_per_step = exchanged_bytes(layout, [(x.shape, x.dtype)])
     if layout.tiling == "shifted":
         stats.moved_strip_bytes_per_step = moved_strip_bytes(layout, [(x.shape, x.dtype)])
+        stats.moved_state_strip_bytes_per_step = moved_strip_bytes(
+            layout, [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))])
     tiles_spec = NamedSharding(runner.mesh, P(AXES)) if runner.mesh is not None else None
 
     def control(jj: int) -> dict:

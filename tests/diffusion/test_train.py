@@ -160,3 +160,16 @@ def test_the_loss_at_init_is_the_mean_squared_velocity_target():
     # another key draws other noise: the comparison is not vacuous
     other = np.asarray(jax.random.normal(jax.random.split(jax.random.key(12), 3)[1], x0.shape), np.float64)
     assert abs(float(np.mean((other - np.asarray(x0, np.float64)) ** 2)) - want) > 1e-3
+
+
+def test_shipped_cpu_model_loads_and_was_trained():
+    model = dt.load_pretrained("cpu")
+    assert model.config == get_config("cpu")
+    assert model.class_names == NAMES
+    assert model.autoencoder.channels == model.config.latent_channels
+    fresh = init_params(model.config, jax.random.key(model.config.seed))
+    # adaLN-zero layers start at exactly zero; training moved them
+    assert float(np.abs(np.asarray(model.params["block0"]["adaLN"]["kernel"])).max()) > 0
+    assert float(np.abs(np.asarray(fresh["block0"]["adaLN"]["kernel"])).max()) == 0
+    with pytest.raises(ValueError, match="no shipped diffusion weights"):
+        dt.load_pretrained("huge")

@@ -109,8 +109,18 @@ def _cell_indices(g: TileGrid) -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
+def _partitions(g: TileGrid) -> bool:
+    """True when the cells tile the image exactly (no overlap, no shifted last cell): a reshape then cuts them."""
+    return g.stride == g.tile and g.height % g.tile == 0 and g.width % g.tile == 0
+
+
 def extract_grid(images: jax.Array, g: TileGrid) -> jax.Array:
-    """images: [B, H, W, C] -> every cell of g: [B, len(g), tile, tile, C] (one gather)."""
+    """images: [B, H, W, C] -> every cell of g: [B, len(g), tile, tile, C] (row-major; a reshape when the cells
+    partition the image, one gather otherwise)."""
+    if _partitions(g):
+        b, h, w, c = images.shape
+        t = g.tile
+        return images.reshape(b, h // t, t, w // t, t, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, t, t, c)
     ys, xs = _cell_indices(g)
     return images[:, ys, xs]
 
@@ -124,6 +134,8 @@ def stitch(tiles: jax.Array, g: TileGrid, weights: jax.Array | None = None) -> j
     b, n, t, _, c = tiles.shape
     if n != len(g) or t != g.tile:
         raise ValueError(f"stitch: got {n} tiles of {t} px for a grid of {len(g)} tiles of {g.tile} px")
+    if weights is None and _partitions(g):  # every pixel has exactly one cell: the inverse reshape
+        return tiles.reshape(b, g.rows, g.cols, t, t, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, g.height, g.width, c)
     w = jnp.ones((t, t), tiles.dtype) if weights is None else weights.astype(tiles.dtype)
     ys, xs = _cell_indices(g)
     acc = jnp.zeros((b, g.height, g.width, c), tiles.dtype).at[:, ys, xs].add(tiles * w[None, None, :, :, None])

@@ -105,3 +105,16 @@ def test_read_shape():
     assert tiling.read_shape(32, 48, 256, None) == (32, 48)
     with pytest.raises(ValueError, match="does not fit"):
         tiling.tile_source(100, 100, (100, 100), (50, 0), 64)
+
+
+def test_extract_grid_and_stitch_on_an_exact_partition_match_slicing(rng):
+    # the reshape path (cells partition the image) against plain slicing, and stitch against writing slices back
+    x = jnp.asarray(rng.normal(size=(2, 48, 32, 3)), jnp.float32)
+    g = tiling.grid(48, 32, 16)
+    tiles = np.asarray(tiling.extract_grid(x, g))
+    want = np.stack([np.asarray(x)[:, y:y + 16, c:c + 16] for y, c in g.origins()], 1)
+    np.testing.assert_array_equal(tiles, want)
+    canvas = np.zeros((2, 48, 32, 3), np.float32)
+    for n, (y, c) in enumerate(g.origins()):
+        canvas[:, y:y + 16, c:c + 16] = 2.0 * want[:, n]
+    np.testing.assert_array_equal(np.asarray(tiling.stitch(jnp.asarray(2.0 * want), g)), canvas)

@@ -93,10 +93,6 @@ class Layout(NamedTuple):
         return self.mesh_shape[0] * self.mesh_shape[1]
 
     @property
-    def local_shape(self) -> tuple[int, int]:
-        return self.height // self.mesh_shape[0], self.width // self.mesh_shape[1]
-
-    @property
     def local_tiles(self) -> int:
         return self.n_tiles // self.devices
 
@@ -138,46 +134,38 @@ def make_layout(config: SuperGenConfig, height: int, width: int, tile: int, devi
                   tile_mesh_shape(height // tile, width // tile, devices))
 
 
+def _block_grid(layout: Layout, h: int, w: int) -> tiling.TileGrid:
+    """The tile grid of one local block (the whole canvas on one device)."""
+    return tiling.grid(h, w, layout.tile, layout.stride)
+
+
 def cut(layout: Layout, a: jax.Array) -> jax.Array:
     """Local canvas block [F, h, w, C] -> tiles [n, F, t, t, C] (row-major over the tile grid)."""
-    f, h, w, c = a.shape
     if layout.tiling == "none":
         return a[None]
-    if layout.tiling == "blended":
-        return jnp.moveaxis(tiling.extract_grid(a, layout.grid), 1, 0)
-    t = layout.tile
-    return a.reshape(f, h // t, t, w // t, t, c).transpose(1, 3, 0, 2, 4, 5).reshape(-1, f, t, t, c)
+    return jnp.moveaxis(tiling.extract_grid(a, _block_grid(layout, *a.shape[1:3])), 1, 0)
 
 
 def paste(layout: Layout, tiles: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Inverse of `cut` (blended: overlapping tiles averaged)."""
-    f, h, w, c = shape
     if layout.tiling == "none":
         return tiles[0]
-    if layout.tiling == "blended":
-        return tiling.stitch(jnp.moveaxis(tiles, 0, 1), layout.grid)
-    t = layout.tile
-    return tiles.reshape(h // t, w // t, f, t, t, c).transpose(2, 0, 3, 1, 4, 5).reshape(f, h, w, c)
+    return tiling.stitch(jnp.moveaxis(tiles, 0, 1), _block_grid(layout, *shape[1:3]))
 
 
-def roll_grid(layout: Layout, a: jax.Array, sign: int = 1) -> jax.Array:
-    """Move the grid frame by sign * layout.shift: a [F, h, w, C] local block, rows and cols on the mesh axes.
+def roll_grid(layout: Layout, a: jax.Array) -> jax.Array:
+    """Move the grid frame by layout.shift: a [F, h, w, C] local block, rows and cols on the mesh axes.
 
     Content moves up/left by the shift; on a device mesh the rows (cols) that leave a block enter the block above
     (left of) it through one ppermute per sharded axis: only the strips the shift moves are exchanged."""
     for axis, (dim, step) in enumerate(zip((1, 2), layout.shift)):
-        step = sign * step
         if not step:
             continue
         n = layout.mesh_shape[axis]
-        head = jax.lax.slice_in_dim(a, 0, step, axis=dim) if step > 0 else \
-            jax.lax.slice_in_dim(a, a.shape[dim] + step, a.shape[dim], axis=dim)
+        head = jax.lax.slice_in_dim(a, 0, step, axis=dim)
         if n > 1:
-            perm = [(i, (i - 1) % n) for i in range(n)] if step > 0 else [(i, (i + 1) % n) for i in range(n)]
-            head = jax.lax.ppermute(head, AXES[axis], perm)
-        rest = jax.lax.slice_in_dim(a, step, a.shape[dim], axis=dim) if step > 0 else \
-            jax.lax.slice_in_dim(a, 0, a.shape[dim] + step, axis=dim)
-        a = jnp.concatenate([rest, head] if step > 0 else [head, rest], axis=dim)
+            head = jax.lax.ppermute(head, AXES[axis], [(i, (i - 1) % n) for i in range(n)])
+        a = jnp.concatenate([jax.lax.slice_in_dim(a, step, a.shape[dim], axis=dim), head], axis=dim)
     return a
 
 
@@ -217,7 +205,7 @@ class CacheState(NamedTuple):
     o_prev: jax.Array  # model output at the last computation (per pixel)
     resid: jax.Array  # o_prev - input at that computation
     k: jax.Array  # output-change / input-change ratio, frozen during skip runs
-    acc: jax.Array  # accumulated predicted relative change since the last computation
+    acc: jax.Array  # accumulated predicted relative change since the last computation, up to the planned step
     last: jax.Array  # stage-2 step index of the last computation (-1: never)
     var_n: jax.Array  # Welford count, mean and M2 of mean|o| (the region variability statistics)
     var_mean: jax.Array
@@ -253,7 +241,8 @@ def _region_multiplier(score: jax.Array, alpha, axis_names, n_local: int) -> jax
 
 
 def _plan(layout: Layout, x, cache: CacheState, ctl: dict, axis_names):
-    """Per local tile: skip flag and the accumulated change it would carry. x, cache in the grid frame."""
+    """Per local tile: skip flag and the accumulated change it would carry (written into cache.acc by the caller,
+    so the step reads it instead of computing it again). x, cache in the grid frame."""
     d_in = _tile_mean(cut(layout, jnp.abs(x - cache.x_prev)))
     o_mag = _tile_mean(cut(layout, jnp.abs(cache.o_prev))) + 1e-6
     acc = _tile_mean(cut(layout, cache.acc)) + _tile_mean(cut(layout, cache.k)) * d_in / o_mag
@@ -286,7 +275,7 @@ def _step_body(layout: Layout, chunk: int, velocity, video: bool, sampler: str, 
                ctl: dict, axis_names):
     """One stage-2 step on a local block (grid frame, already moved): model on the tiles listed in idx (padded with
     out-of-range entries), cached prediction elsewhere, one scheduler step. Returns (x_next, cache)."""
-    n = layout.local_tiles if layout.tiling == "shifted" else layout.n_tiles
+    n = layout.local_tiles
     shape = x.shape
     t, t_next, j = ctl["t"], ctl["t_next"], ctl["j"]
     xt = cut(layout, x)
@@ -298,7 +287,6 @@ def _step_body(layout: Layout, chunk: int, velocity, video: bool, sampler: str, 
         a5 = active[:, None, None, None, None]
         resid_t = cut(layout, cache.resid)
         o_t = (xt + resid_t).at[idx].set(o_sel, mode="drop")  # skipped tiles: input + cached residual
-        _, acc_t = _plan(layout, x, cache, ctl, axis_names)
         o_prev_t = cut(layout, cache.o_prev)
         d_out = _tile_mean(jnp.abs(o_t - o_prev_t))
         d_in = _tile_mean(jnp.abs(xt - cut(layout, cache.x_prev))) + 1e-12
@@ -307,7 +295,7 @@ def _step_body(layout: Layout, chunk: int, velocity, video: bool, sampler: str, 
         k_t = cut(layout, cache.k)
         k_new = jnp.where((active & prev_computed)[:, None, None, None, None],
                           (d_out / d_in)[:, None, None, None, None] * jnp.ones_like(k_t), k_t)
-        acc_new = jnp.where(a5, 0.0, acc_t[:, None, None, None, None] * jnp.ones_like(k_t))
+        acc_new = jnp.where(a5, 0.0, cut(layout, cache.acc))  # skipped tiles keep the change the plan accumulated
         # region statistics (SuperGen's per-tile Welford of mean|prediction|), kept per pixel so they follow the
         # content when the grid moves: every pixel of a computed tile takes that tile's value
         mag = _tile_mean(jnp.abs(o_t))[:, None, None, None, None] * jnp.ones_like(k_t)
@@ -418,7 +406,7 @@ class Stage2:
         cache_spec = jax.tree.map(lambda _: self._spatial, cache)
         ctl_spec = jax.tree.map(lambda _: P(), ctl)
         specs = (P(), P(), self._spatial, cache_spec, self._tiles_spec, ctl_spec, ctl_spec)
-        n_local = self.layout.local_tiles if self.layout.tiling == "shifted" else self.layout.n_tiles
+        n_local = self.layout.local_tiles
 
         def make():
             def body(params, labels, x, cache, idx, ctl, ctl_next):
@@ -430,9 +418,11 @@ class Stage2:
                                       idx, ctl, self._axis_names)
                 if self.layout.tiling == "shifted":
                     x, cache = jax.tree.map(lambda a: roll_grid(self.layout, a), (x, cache))
-                skip = _plan(self.layout, x, cache, ctl_next, self._axis_names)[0] if cache is not None else \
-                    jnp.zeros((n_local,), bool)
-                return x, cache, skip
+                if cache is None:
+                    return x, cache, jnp.zeros((n_local,), bool)
+                skip, acc = _plan(self.layout, x, cache, ctl_next, self._axis_names)
+                acc_tiles = jnp.broadcast_to(acc[:, None, None, None, None], cut(self.layout, cache.acc).shape)
+                return x, cache._replace(acc=paste(self.layout, acc_tiles, cache.acc.shape)), skip
 
             return self._wrap(body, specs, (self._spatial, cache_spec, self._tiles_spec))
 

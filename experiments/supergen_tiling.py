@@ -27,7 +27,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -98,15 +97,10 @@ def model_flops(model, shape) -> float:
     return sg.program_flops(jax.jit(v).lower(jnp.zeros((1, *shape)), jnp.float32(0.5)).compile())
 
 
-def timed(fn, repeats: int):
-    """(results of `repeats` calls after one warm-up call that compiles everything, median wall seconds)."""
+def warm_runs(fn, repeats: int) -> list:
+    """Results of `repeats` calls after one warm-up call that compiles everything (each carries its own timing)."""
     fn()
-    outs, times = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        outs.append(fn())
-        times.append(time.perf_counter() - t)
-    return outs, statistics.median(times)
+    return [fn() for _ in range(repeats)]
 
 
 def median_stage2(runs) -> float:
@@ -160,8 +154,8 @@ def main(argv=None) -> int:
     # the weights are an argument, as in the stage-2 programs, so both peaks count them
     native_fn = jax.jit(lambda params, key: sample(mc, params, key, lab, shape=(s, s, mc.channels), steps=args.steps))
     native_compiled = native_fn.lower(model.params, jax.random.key(0)).compile()
-    _, native_seconds = timed(lambda: jax.block_until_ready(native_compiled(model.params, jax.random.key(0))),
-                              args.repeats)
+    bench.block(native_compiled(model.params, jax.random.key(0)))  # warm-up
+    native_seconds = bench.seconds(native_compiled, model.params, jax.random.key(0), repeats=args.repeats)
     native_bytes = sg.program_bytes(native_compiled)
     native_temp = sg.program_bytes(native_compiled, temp_only=True)
     tile_flops = model_flops(model, (s, s, mc.channels))
@@ -177,7 +171,7 @@ def main(argv=None) -> int:
             [(f"tiled, {b} tile(s)/call", base.replace(max_batch=b)) for b in args.max_batch] + \
             [("tiled + cache, 1 tile/call", base.replace(cache_threshold=0.4))]
         for name, cfg in variants:
-            runs, _ = timed(lambda: run(cfg, scale, sketch_latent=sketch0), args.repeats)
+            runs = warm_runs(lambda: run(cfg, scale, sketch_latent=sketch0), args.repeats)
             img, stats = runs[-1]
             calls = 1 if cfg.tiling == "none" else scale * scale
             flops = model_flops(model, (scale * s, scale * s, mc.channels)) if cfg.tiling == "none" else tile_flops
@@ -264,7 +258,7 @@ def main(argv=None) -> int:
         for d in tqdm(args.devices, desc=f"devices (cache {thr:g})"):
             cfg = base.replace(cache_threshold=thr)
             try:
-                runs, _ = timed(lambda: sg.generate(
+                runs = warm_runs(lambda: sg.generate(
                     model, cfg, scale=top, label=label0, key=jax.random.key(0), devices=d, progress=False,
                     sketch_latent=sketch0, return_latent=True)[1:], args.repeats)
                 stats, latent = runs[-1]

@@ -21,6 +21,7 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from qrjax import train as trainer
 from qrjax.data import image_source
@@ -80,25 +81,25 @@ def loss_fn(params, config: DiTConfig, x0, labels, key):
 
 @partial(jax.jit, static_argnums=0, donate_argnums=1)
 def train_step(config: DiTConfig, state: trainer.TrainState, ae_arrays, images_u8, labels):
-    ae = Autoencoder(config.ae_factor if config.autoencoder == "pca" else 1, *ae_arrays)
-    x0 = ae.encode(images_u8.astype(jnp.float32) / 127.5 - 1.0)
+    x0 = _encode(config, ae_arrays, images_u8)
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, config, x0, labels, key)
     new = state.apply_gradients(grads)
     decay = jnp.minimum(config.ema_decay, (1.0 + new.step) / (10.0 + new.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.batch_stats["ema"], new.params)
-    return new.replace(batch_stats={"ema": ema}), {"loss": loss, "grad_norm": _global_norm(grads)}
+    return new.replace(batch_stats={"ema": ema}), {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
-def _global_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in jax.tree.leaves(tree)))
+def _encode(config: DiTConfig, ae_arrays, images_u8):
+    """uint8 images -> latents with the fixed autoencoder (its arrays traced, its factor static)."""
+    ae = Autoencoder(config.ae_factor if config.autoencoder == "pca" else 1, *ae_arrays)
+    return ae.encode(images_u8.astype(jnp.float32) / 127.5 - 1.0)
 
 
 @partial(jax.jit, static_argnums=0)
 def eval_losses(config: DiTConfig, params, ae_arrays, images_u8, labels, key):
     """Flow-matching loss on a fixed batch at each of EVAL_TIMES (same noise for every checkpoint)."""
-    ae = Autoencoder(config.ae_factor if config.autoencoder == "pca" else 1, *ae_arrays)
-    x0 = ae.encode(images_u8.astype(jnp.float32) / 127.5 - 1.0)
+    x0 = _encode(config, ae_arrays, images_u8)
     noise = jax.random.normal(key, x0.shape)
     out = {}
     for t in EVAL_TIMES:

@@ -87,7 +87,7 @@ def train_step(config: DiTConfig, state: trainer.TrainState, ae_arrays, images_u
     new = state.apply_gradients(grads)
     decay = jnp.minimum(config.ema_decay, (1.0 + new.step) / (10.0 + new.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.batch_stats["ema"], new.params)
-    return new.replace(batch_stats={"ema": ema}), {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new.replace(batch_stats={"ema": ema}), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def _encode(config: DiTConfig, ae_arrays, images_u8):

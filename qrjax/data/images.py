@@ -6,8 +6,10 @@ wheels, read straight from their package folders. A few are held out for validat
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,52 @@ BUNDLED_IMAGES: dict[str, tuple[str, str]] = {
 }
 # Validation images, never seen in training: two colour photographs and two unusual scenes.
 HELD_OUT = ("grace_hopper", "coffee", "retina", "hubble_deep_field")
+
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def scan_folder(folder: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under folder, recursively, each sorted; "image" is judged by the suffix."""
+    suffixes = tuple(s.lower() for s in suffixes)
+    images, other = [], []
+    for f in sorted(Path(folder).rglob("*")):
+        if f.is_file():
+            (images if f.suffix.lower() in suffixes else other).append(f)
+    return images, other
+
+
+@dataclasses.dataclass(frozen=True)
+class InputScan:
+    """What a list of command-line inputs expands to: `paths`, the inputs in order (each gets a record), and
+    `skipped`, the files that folder scans passed over (not images by their suffix), reported by name."""
+
+    paths: list[str]
+    skipped: list[str]
+
+
+def scan_inputs(items: Iterable[str | Path], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> InputScan:
+    """Expand inputs in order: a folder gives its image files (recursively, sorted) and passes over the rest (listed
+    in `skipped`); a `.txt`/`.lst` file gives the paths listed in it (one a line; relative to the list; blank lines
+    and # comments skipped); anything else is taken as an image path as it is (a missing or unreadable one becomes an
+    error record downstream, not an exception here)."""
+    paths: list[str] = []
+    skipped: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            images, other = scan_folder(p, suffixes)
+            paths += [str(f) for f in images]
+            skipped += [str(f) for f in other]
+        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line)
+                    paths.append(str(q if q.is_absolute() else p.parent / q))
+        else:
+            paths.append(str(p))
+    return InputScan(paths, skipped)
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -131,15 +179,18 @@ class InMemorySource:
 
 
 class ImageFolderSource(InMemorySource):
-    """Like InMemorySource over every image file under a folder (recursively), decoded lazily with an LRU cache."""
+    """Like InMemorySource over every image file under a folder (recursively), decoded lazily with an LRU cache.
+    `skipped` names the files under the folder that are not images (by suffix)."""
 
     def __init__(self, folder: str | Path, area: tuple[float, float] = (0.02, 1.0), cache_size: int = 256):
         folder = Path(folder)
         if not folder.is_dir():
             raise NotADirectoryError(f"image folder {str(folder)!r}: not a directory")
-        self.paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.paths, other = scan_folder(folder)
+        self.skipped = [str(p) for p in other]  # files passed over (not images): callers report them
         if not self.paths:
-            raise ValueError(f"image folder {str(folder)!r}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"image folder {str(folder)!r}: no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                             f"{len(other)} other file(s)")
         self.names = [str(p.relative_to(folder)) for p in self.paths]
         self.area = area
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()

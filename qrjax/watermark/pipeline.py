@@ -33,9 +33,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from qrjax import parallel, tiling
 from qrjax.data.decode import ImageReadError, decode
 from qrjax.ecc import BitCode
-from qrjax.ecc.cli import bits_to_hex
+from qrjax.ecc.hexbits import bits_to_hex
 from qrjax.watermark import detect
 from qrjax.watermark.embed import WatermarkModel, extractor_logits, read_logits
 
@@ -139,29 +138,6 @@ def memory_cap(fraction: float = 0.8) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
-
-def expand_inputs(items: Iterable[str | Path], suffixes: Sequence[str] | None = None) -> list[str]:
-    """Input paths in order: a folder gives its image files (recursively, sorted), a `.txt`/`.lst` file gives the
-    paths listed in it (one a line; relative paths are relative to the list; blank lines and # comments skipped),
-    anything else is taken as an image path as it is (a missing one becomes an error record, not an exception)."""
-    from qrjax.data.images import IMAGE_SUFFIXES
-
-    suffixes = tuple(s.lower() for s in (suffixes or IMAGE_SUFFIXES))
-    out: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes]
-        elif p.suffix.lower() in (".txt", ".lst") and p.is_file():
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    q = Path(line)
-                    out.append(str(q if q.is_absolute() else p.parent / q))
-        else:
-            out.append(str(p))
-    return out
-
 
 # ------------------------------------------------------------------------------------------- shared decisions
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qrjax.data import HELD_OUT, ImageFolderSource, bundled_images, bundled_source, image_source, load_image
+from qrjax.data import (HELD_OUT, ImageFolderSource, bundled_images, bundled_source, image_source, load_image,
+                        scan_inputs)
 
 
 def test_bundled_images_are_rgb_and_split_disjointly():
@@ -36,3 +37,24 @@ def test_folder_source_reads_images_and_names_bad_files(tmp_path):
         load_image(tmp_path / "broken.png")
     with pytest.raises(NotADirectoryError, match="nowhere"):
         ImageFolderSource(tmp_path / "nowhere")
+
+
+def test_scan_inputs_expands_in_order_and_names_what_it_passes_over(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ("a/1.png", "a/b/2.JPG", "a/notes.txt", "a/b/photo.heic", "c.png"):
+        (tmp_path / p).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("# inputs\nc.png\n\n/abs/missing.png\n")
+    got = scan_inputs([tmp_path / "a", tmp_path / "list.txt", tmp_path / "gone.png"])
+    assert got.paths == [str(tmp_path / "a/1.png"), str(tmp_path / "a/b/2.JPG"), str(tmp_path / "c.png"),
+                         "/abs/missing.png", str(tmp_path / "gone.png")]
+    assert got.skipped == [str(tmp_path / "a/b/photo.heic"), str(tmp_path / "a/notes.txt")]
+
+
+def test_folder_source_names_the_files_it_passes_over(tmp_path):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    src = ImageFolderSource(tmp_path)
+    assert src.names == ["x.png"] and src.skipped == [str(tmp_path / "notes.txt")]
+    (tmp_path / "x.png").unlink()
+    with pytest.raises(ValueError, match="no image files .* 1 other file"):
+        ImageFolderSource(tmp_path)

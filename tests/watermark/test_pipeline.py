@@ -1,4 +1,4 @@
-"""The detection system: allocation, input expansion, decisions equal to plain per-image calls, bad input, devices."""
+"""The detection system: allocation, decisions equal to plain per-image calls, bad input, devices."""
 
 import json
 import math
@@ -12,8 +12,7 @@ from qrjax import parallel
 from qrjax.data.decode import decode
 from qrjax.ecc import get_code
 from qrjax.watermark import detect, embed, extract, load_pretrained
-from qrjax.watermark.pipeline import (Decision, FullImageDetector, Plan, TileDetector, even_plan, expand_inputs,
-                                      plan_allocation)
+from qrjax.watermark.pipeline import (Decision, FullImageDetector, Plan, TileDetector, even_plan, plan_allocation)
 
 # ------------------------------------------------------------------------------------------------ allocation
 
@@ -43,16 +42,6 @@ def test_plan_gives_workers_to_the_slowest_stage_and_respects_memory():
         plan_allocation((1, 1, 1), 2)
     assert plan_allocation((0.1, 5.0, 0.1), 8, batch_hint=100, multiple=8).batch[1] % 8 == 0
     assert even_plan(7, 32).workers == (3, 2, 2)
-
-
-def test_expand_inputs(tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    for p in ("a/1.png", "a/b/2.JPG", "a/notes.txt", "c.png"):
-        (tmp_path / p).write_bytes(b"x")
-    (tmp_path / "list.txt").write_text("# inputs\nc.png\n\n/abs/missing.png\n")
-    got = expand_inputs([tmp_path / "a", tmp_path / "list.txt", tmp_path / "gone.png"])
-    assert got == [str(tmp_path / "a/1.png"), str(tmp_path / "a/b/2.JPG"), str(tmp_path / "c.png"),
-                   "/abs/missing.png", str(tmp_path / "gone.png")]
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -158,7 +147,7 @@ def test_identify_among_keys_and_no_key(setup):
     assert all(r["detected"] is None and r["matching_bits"] is None for r in recs)
     want = detect.decode_payload(code, extract(s["model"], decode(paths[0], min_size=256).rows[None],
                                                placement="fixed"))
-    from qrjax.ecc.cli import bits_to_hex
+    from qrjax.ecc.hexbits import bits_to_hex
 
     assert recs[0]["payload"] == bits_to_hex(np.asarray(want.payload[0]))
 
@@ -193,7 +182,7 @@ def test_warmup_plans_within_budget(setup):
 
 def test_detect_cli_streams_and_resumes(setup, tmp_path, capsys):
     from qrjax.cli import main
-    from qrjax.ecc.cli import bits_to_hex
+    from qrjax.ecc.hexbits import bits_to_hex
 
     s = setup
     listing = tmp_path / "inputs.txt"

@@ -1,44 +1,20 @@
-"""`qrjax ecc encode|decode|demo`: hex payloads in, JSON out; every input gets a result or an error."""
+"""`qrjax ecc encode|decode|demo`: hex payloads in; encode/decode print one JSON line per input (in input order, each
+with status and error), demo prints what happened (or one JSON object with --json)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import string
-
 import numpy as np
 
+from qrjax import console
 from qrjax.ecc.bitcode import DEFAULT_WATERMARK_CODE, PRESETS, BitCode, get_code
+from qrjax.ecc.hexbits import bits_to_hex, hex_to_bits
 
 
-def hex_to_bits(text: str, n_bits: int, name: str) -> np.ndarray:
-    """Hex string (optional 0x) holding exactly ceil(n_bits / 4) digits -> uint8[n_bits], MSB first."""
-    digits = text.strip().lower().removeprefix("0x")
-    if not digits or any(c not in string.hexdigits for c in digits):
-        raise ValueError(f"{name} {text!r} is not a hexadecimal string")
-    want = -(-n_bits // 4)
-    if len(digits) != want:
-        raise ValueError(f"{name} {text!r} has {len(digits)} hex digits; this code needs {want} ({n_bits} bits)")
-    value = int(digits, 16)
-    if value >> n_bits:
-        raise ValueError(f"{name} {text!r} does not fit in {n_bits} bits")
-    return np.array([(value >> (n_bits - 1 - i)) & 1 for i in range(n_bits)], np.uint8)
-
-
-def bits_to_hex(bits) -> str:
-    bits = np.asarray(bits).astype(int).tolist()
-    return format(int("".join(map(str, bits)) or "0", 2), f"0{-(-len(bits) // 4)}x")
-
-
-def _code(spec: str) -> BitCode:
+def _code(spec: str, prog: str) -> BitCode:
     try:
         return get_code(spec)
     except (ValueError, TypeError) as err:
-        raise SystemExit(f"qrjax ecc: --code {spec}: {err}") from None
-
-
-def _describe(code: BitCode) -> dict:
-    return {"name": code.name, "code": repr(code.code), "n_bits": code.n_bits, "payload_bits": code.payload_bits}
+        console.fail(prog, f"--code {spec}: {err}")
 
 
 def _parse_all(texts, n_bits, name):
@@ -52,66 +28,78 @@ def _parse_all(texts, n_bits, name):
     return parsed, errors
 
 
+def _report(code: BitCode, texts, errors: dict, fields: dict) -> int:
+    out = console.Records()
+    for i, text in enumerate(texts):
+        out.write(console.record(input=text, code=code.name, error=errors.get(i), **fields.get(i, {})))
+    return out.exit_code
+
+
 def cmd_encode(args) -> int:
-    code = _code(args.code)
+    code = _code(args.code, "qrjax ecc encode")
     parsed, errors = _parse_all(args.payloads, code.payload_bits, "payload")
-    results = [{"input": t, "error": errors[i]} if i in errors else {"input": t} for i, t in enumerate(args.payloads)]
+    fields = {}
     if parsed:
         idx = sorted(parsed)
         codewords = np.asarray(code.encode(np.stack([parsed[i] for i in idx])))
-        for i, cw in zip(idx, codewords):
-            results[i]["codeword"] = bits_to_hex(cw)
-    print(json.dumps({"code": _describe(code), "results": results}, indent=2))
-    return 1 if errors else 0
+        fields = {i: {"codeword": bits_to_hex(cw)} for i, cw in zip(idx, codewords)}
+    return _report(code, args.payloads, errors, fields)
 
 
 def cmd_decode(args) -> int:
-    code = _code(args.code)
+    prog = "qrjax ecc decode"
+    code = _code(args.code, prog)
     parsed, errors = _parse_all(args.codewords, code.n_bits, "codeword")
     erasures = None
     if args.erasures:
         try:
             pos = [int(p) for p in args.erasures.split(",")]
         except ValueError:
-            raise SystemExit(f"qrjax ecc: --erasures {args.erasures!r}: expected comma-separated symbol indices")
+            console.fail(prog, f"--erasures {args.erasures!r}: expected comma-separated symbol indices")
         if any(not 0 <= p < code.code.n for p in pos):
-            raise SystemExit(f"qrjax ecc: --erasures {args.erasures!r}: symbol indices must be in 0..{code.code.n - 1}")
+            console.fail(prog, f"--erasures {args.erasures!r}: symbol indices must be in 0..{code.code.n - 1}")
         erasures = np.zeros(code.code.n, bool)
         erasures[pos] = True
-    results = [{"input": t, "error": errors[i]} if i in errors else {"input": t} for i, t in enumerate(args.codewords)]
+    fields = {}
     if parsed:
         idx = sorted(parsed)
         bits = np.stack([parsed[i] for i in idx])
         er = None if erasures is None else np.broadcast_to(erasures, (len(idx), code.code.n))
         res = code.decode(bits, er)
-        for j, i in enumerate(idx):
-            results[i].update(ok=bool(res.ok[j]), payload=bits_to_hex(res.payload[j]),
-                              n_corrected=int(res.n_corrected[j]), codeword=bits_to_hex(res.bits[j]))
-    print(json.dumps({"code": _describe(code), "results": results}, indent=2))
-    return 1 if errors else 0
+        fields = {i: {"ok": bool(res.ok[j]), "payload": bits_to_hex(res.payload[j]),
+                      "n_corrected": int(res.n_corrected[j]), "codeword": bits_to_hex(res.bits[j])}
+                  for j, i in enumerate(idx)}
+    return _report(code, args.codewords, errors, fields)
 
 
 def cmd_demo(args) -> int:
-    """Encode a payload, corrupt the codeword, decode it, and say what happened."""
+    """Encode a payload, corrupt the codeword with 0..flips bit flips, decode it, and say what happened."""
     import jax
 
-    code = _code(args.code)
+    code = _code(args.code, "qrjax ecc demo")
     key_payload, key_err = jax.random.split(jax.random.key(args.seed))
     payload = np.asarray(jax.random.bernoulli(key_payload, 0.5, (code.payload_bits,)), np.uint8)
     codeword = np.asarray(code.encode(payload))
-    print(f"code      {code.name}: {code.code!r}, {code.n_bits} codeword bits, {code.payload_bits} payload bits")
-    print(f"payload   {bits_to_hex(payload)}")
-    print(f"codeword  {bits_to_hex(codeword)}")
     flips = np.asarray(jax.random.choice(key_err, code.n_bits, (args.flips,), replace=False))
+    trials = []
     for n_flips in range(args.flips + 1):
         noisy = codeword.copy()
         noisy[flips[:n_flips]] ^= 1
         res = code.decode(noisy)
         recovered = bool(np.array_equal(np.asarray(res.payload), payload))
-        verdict = ("recovered" if recovered else "WRONG payload") if bool(res.ok) else \
-            ("flagged uncorrectable" + (", payload bits intact" if recovered else ""))
-        print(f"{n_flips} bit flip(s) at {sorted(flips[:n_flips].tolist())}: received {bits_to_hex(noisy)} -> "
-              f"ok={bool(res.ok)}, {int(res.n_corrected)} symbol(s) corrected, {verdict}")
+        trials.append({"flips": n_flips, "positions": sorted(flips[:n_flips].tolist()), "received": bits_to_hex(noisy),
+                       "ok": bool(res.ok), "n_corrected": int(res.n_corrected), "payload_recovered": recovered})
+    summary = {"code": code.name, "description": repr(code.code), "n_bits": code.n_bits,
+               "payload_bits": code.payload_bits, "payload": bits_to_hex(payload), "codeword": bits_to_hex(codeword),
+               "trials": trials}
+    lines = [f"code      {code.name}: {code.code!r}, {code.n_bits} codeword bits, {code.payload_bits} payload bits",
+             f"payload   {summary['payload']}", f"codeword  {summary['codeword']}"]
+    for t in trials:
+        verdict = ("recovered" if t["payload_recovered"] else "WRONG payload") if t["ok"] else \
+            ("flagged uncorrectable" + (", payload bits intact" if t["payload_recovered"] else ""))
+        lines.append(f"{t['flips']} bit flip(s) at {t['positions']}: received {t['received']} -> ok={t['ok']}, "
+                     f"{t['n_corrected']} symbol(s) corrected, {verdict}")
+    console.result(summary, args.json, "\n".join(lines))
     return 0
 
 
@@ -121,12 +109,12 @@ def register(systems) -> None:
     cmds = ecc.add_subparsers(dest="command", required=True, metavar="COMMAND")
     code_help = (f"code: one of {sorted(PRESETS)}, or rs:N,K[,M], bch:N,K[,M] (default {DEFAULT_WATERMARK_CODE})")
 
-    enc = cmds.add_parser("encode", help="payload hex -> codeword hex (JSON)")
+    enc = cmds.add_parser("encode", help="payload hex -> codeword hex (one JSON line per input)")
     enc.add_argument("payloads", nargs="+", metavar="HEX")
     enc.add_argument("--code", default=DEFAULT_WATERMARK_CODE, help=code_help)
     enc.set_defaults(func=cmd_encode)
 
-    dec = cmds.add_parser("decode", help="codeword hex -> payload hex, ok, corrections (JSON)")
+    dec = cmds.add_parser("decode", help="codeword hex -> payload hex, ok, corrections (one JSON line per input)")
     dec.add_argument("codewords", nargs="+", metavar="HEX")
     dec.add_argument("--code", default=DEFAULT_WATERMARK_CODE, help=code_help)
     dec.add_argument("--erasures", default="", help="comma-separated symbol indices to treat as erased")
@@ -136,4 +124,5 @@ def register(systems) -> None:
     demo.add_argument("--code", default=DEFAULT_WATERMARK_CODE, help=code_help)
     demo.add_argument("--flips", type=int, default=4, help="corrupt with 0..FLIPS bit flips")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", action="store_true", help="print one compact JSON object")
     demo.set_defaults(func=cmd_demo)

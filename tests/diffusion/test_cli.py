@@ -74,8 +74,10 @@ def test_missing_model_is_named(tmp_path):
 
 def test_train_tiny(tmp_path, capsys):
     rc = main(["diffusion", "train", "--preset", "tiny", "--workdir", str(tmp_path), "--set", "steps=2",
-               "--set", "eval_samples=4"])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+               "--set", "eval_samples=4", "--json"])
+    printed = capsys.readouterr().out
+    out = json.loads(printed)
+    assert printed.count("\n") == 1  # one compact JSON object, progress and logs on stderr
     assert rc == 0 and out["model"] == str(tmp_path / "model")
     model = load_model(tmp_path / "model")
     assert model.config.steps == 2 and len(model.class_names) == 12

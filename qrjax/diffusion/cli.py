@@ -1,10 +1,12 @@
-"""`qrjax diffusion train|generate`: a thin layer over qrjax.diffusion (training the DiT, SuperGen generation)."""
+"""`qrjax diffusion train|generate`: a thin layer over qrjax.diffusion (training the DiT, SuperGen generation).
+Both have a single result: a summary line, or one compact JSON object with --json (see qrjax.console)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from qrjax import console
 
 
 def _model(spec: str):
@@ -20,7 +22,7 @@ def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"qrjax diffusion generate: --size {text!r}: expected HxW in pixels, e.g. 128x128") from None
+        console.fail("qrjax diffusion generate", f"--size {text!r}: expected HxW in pixels, e.g. 128x128")
     return h, w
 
 
@@ -34,19 +36,23 @@ def _use_devices(n: int) -> None:
         except RuntimeError:  # the backend is already up: keep what it has
             pass
     if len(jax.devices()) < n:
-        raise SystemExit(f"qrjax diffusion generate: --devices {n}: only {len(jax.devices())} device(s) available")
+        console.fail("qrjax diffusion generate", f"--devices {n}: only {len(jax.devices())} device(s) available")
 
 
 def cmd_train(args) -> int:
     from qrjax.diffusion.config import get_config
     from qrjax.diffusion.train import train_and_evaluate
 
+    prog = "qrjax diffusion train"
+    console.passed_over_in(prog, args.data)
     try:
         config = get_config(args.preset, args.set)
         train_and_evaluate(config, args.workdir, data=args.data)
-    except ValueError as err:
-        raise SystemExit(f"qrjax diffusion train: {err}") from None
-    print(json.dumps({"workdir": str(args.workdir), "model": str(Path(args.workdir) / "model")}))
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        console.fail(prog, str(err))
+    model = Path(args.workdir) / "model"
+    console.result({"workdir": str(args.workdir), "model": str(model), "preset": config.name, "steps": config.steps},
+                   args.json, f"{prog}: {config.steps} steps done; model {model}.json")
     return 0
 
 
@@ -70,7 +76,7 @@ def cmd_generate(args) -> int:
         image, stats = generate(model, config, size=_size(args.size), label=label, key=jax.random.key(args.seed),
                                 frames=args.frames, devices=args.devices, progress=not args.quiet)
     except ValueError as err:
-        raise SystemExit(f"{prog}: {err}") from None
+        console.fail(prog, str(err))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.frames > 1:  # one PNG per frame: OUT_f000.png, ...
@@ -83,11 +89,8 @@ def cmd_generate(args) -> int:
     summary = {"out": [str(p) for p in paths], "size": list(image.shape[-3:-1]), "frames": args.frames,
                "label": label, "seed": args.seed, "config": json.loads(json.dumps(config.__dict__)),
                **stats.to_dict()}
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        print(f"{paths[0]}: {summary['size'][0]}x{summary['size'][1]} in {stats.seconds:.1f} s, "
-              f"{stats.model_calls} model calls, {stats.tiles_skipped} tiles skipped, peak {stats.peak_bytes} B")
+    console.result(summary, args.json, f"{paths[0]}: {summary['size'][0]}x{summary['size'][1]} in {stats.seconds:.1f} s, "
+                   f"{stats.model_calls} model calls, {stats.tiles_skipped} tiles skipped, peak {stats.peak_bytes} B")
     return 0
 
 
@@ -100,6 +103,7 @@ def register(systems) -> None:
 
     p = sub.add_parser("train", help="train the DiT with flow matching (resumes from --workdir)")
     add_train_arguments(p, PRESETS)
+    p.add_argument("--json", action="store_true", help="print one compact JSON object")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate one image (or video) at --size with SuperGen")
@@ -114,10 +118,7 @@ def register(systems) -> None:
     p.add_argument("--model", default="cpu", help="shipped model name or a path to <stem>.json/.msgpack")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuperGenConfig field")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--json", action="store_true", help="print the summary as one compact JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `qrjax diffusion ...`")

@@ -1,16 +1,16 @@
 """`qrjax quantum run`: simulate a circuit (OpenQASM 2.0 file or a named builder), dense or compressed (BMQSim), and
-print a JSON summary."""
+print its summary (one compact JSON object with --json; see qrjax.console)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from qrjax import console
 
 CHECK_MAX_QUBITS = 26  # the dense reference run for the fidelity fits comfortably up to here
 
@@ -19,17 +19,17 @@ def _circuit(args):
     from qrjax.quantum import QasmError, build, load_qasm
 
     if bool(args.file) == bool(args.circuit):
-        raise SystemExit("qrjax quantum run: give either FILE.qasm or --circuit NAME --qubits N")
+        console.fail("qrjax quantum run", "give either FILE.qasm or --circuit NAME --qubits N")
     try:
         if args.file:
             return load_qasm(args.file)
         if args.qubits is None:
-            raise SystemExit("qrjax quantum run: --circuit needs --qubits N")
+            console.fail("qrjax quantum run", "--circuit needs --qubits N")
         return build(args.circuit, args.qubits)
     except FileNotFoundError:
-        raise SystemExit(f"qrjax quantum run: {args.file}: no such file") from None
+        console.fail("qrjax quantum run", f"{args.file}: no such file")
     except (QasmError, ValueError) as err:
-        raise SystemExit(f"qrjax quantum run: {err}") from None
+        console.fail("qrjax quantum run", f"{err}")
 
 
 def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bool | None = None,
@@ -86,27 +86,23 @@ def cmd_run(args) -> int:
         try:
             config = CompressedConfig(**given)
         except ValueError as err:
-            raise SystemExit(f"qrjax quantum run: {err}") from None
+            console.fail("qrjax quantum run", f"{err}")
     else:
         given = [f"--{k.replace('_', '-')}" for k in ("bound", "mode", "block_qubits", "group_qubits", "workers",
                                                         "check") if getattr(args, k) is not None]
         if given:
-            raise SystemExit(f"qrjax quantum run: {', '.join(given)} need --compressed")
+            console.fail("qrjax quantum run", f"{', '.join(given)} need --compressed")
     try:
         exact = exact_amplitudes(args.circuit, args.qubits) if args.circuit else None
         summary, final = run(circuit, compressed=args.compressed, config=config, dtype=np.dtype(args.dtype),
                              check=args.check, exact=exact, progress=not args.quiet)
     except ValueError as err:
-        raise SystemExit(f"qrjax quantum run: {err}") from None
+        console.fail("qrjax quantum run", f"{err}")
     if args.save_state:
         state = final.to_dense() if args.compressed else np.asarray(final)
         np.save(args.save_state, state.astype(state.dtype.newbyteorder("<")))
         summary["state_file"] = str(args.save_state)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for k, v in summary.items():
-            print(f"{k:>18}: {v}")
+    console.result(summary, args.json)
     return 0
 
 
@@ -131,12 +127,7 @@ def register(systems) -> None:
                         f"(default: when compressed and qubits <= {CHECK_MAX_QUBITS})")
     r.add_argument("--save-state", type=Path, metavar="OUT.npy",
                    help="write the final amplitudes (complex, qiskit's little-endian order)")
-    r.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    r.add_argument("--json", action="store_true", help="print the summary as one compact JSON object")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
-
-if __name__ == "__main__":
-    from qrjax.cli import main
-
-    sys.exit(main(["quantum"] + sys.argv[1:]))

@@ -1,16 +1,19 @@
-"""`qrjax watermark train|embed|extract`: a thin layer over qrjax.watermark; every input image gets a result or an
-error in the JSON output, and one bad file never stops the batch."""
+"""`qrjax watermark train|embed|detect|bench|demo`: a thin layer over qrjax.watermark.
+
+embed and detect are batch jobs: one JSON line per input on stdout, in input order, each with status and error; one
+bad file never stops the batch, and files a folder scan passes over are named on stderr (see qrjax.console)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from qrjax.ecc.cli import bits_to_hex, hex_to_bits
+from qrjax import console
+from qrjax.ecc.hexbits import bits_to_hex, hex_to_bits
 
 
 def _model(spec: str):
@@ -28,48 +31,52 @@ def cmd_train(args) -> int:
     from qrjax.watermark.config import get_config
     from qrjax.watermark.train import train_and_evaluate
 
+    prog = "qrjax watermark train"
     try:
         config = get_config(args.preset, args.set)
     except ValueError as err:
-        raise SystemExit(f"qrjax watermark train: {err}") from None
+        console.fail(prog, str(err))
     init = _model(args.init) if args.init else None
-    train_and_evaluate(config, args.workdir, data=args.data, init=init)
-    print(json.dumps({"workdir": str(args.workdir), "model": str(Path(args.workdir) / "model")}))
+    console.passed_over_in(prog, args.data)
+    try:
+        train_and_evaluate(config, args.workdir, data=args.data, init=init)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        console.fail(prog, str(err))
+    model = Path(args.workdir) / "model"
+    console.result({"workdir": str(args.workdir), "model": str(model), "preset": config.name, "steps": config.steps},
+                   args.json, f"{prog}: {config.steps} steps done; model {model}.json")
     return 0
 
 
-def _load_all(paths):
-    from qrjax.data import load_image
+def _code(spec: str, prog: str):
+    from qrjax.ecc import get_code
 
-    images, results = {}, []
-    for i, p in enumerate(paths):
-        try:
-            images[i] = load_image(p)
-            results.append({"input": str(p)})
-        except (FileNotFoundError, ValueError) as err:
-            results.append({"input": str(p), "error": str(err)})
-    return images, results
+    try:
+        return get_code(spec)
+    except (ValueError, TypeError) as err:
+        console.fail(prog, f"--code {spec}: {err}")
 
 
 def _key_bits(code, text: str | None, name: str, prog: str):
     try:
         return hex_to_bits(text, code.payload_bits, name)
     except ValueError as err:
-        raise SystemExit(f"{prog}: {err}") from None
+        console.fail(prog, str(err))
 
 
-def _embed_targets(src: str, dest: str, fmt: str) -> list[tuple[str, Path]]:
+def _embed_targets(src: str, dest: str, fmt: str, prog: str) -> list[tuple[str, Path]]:
     """(input, output path) pairs: a single image file may go to a file OUT; folders and lists go to OUT/…"""
-    from qrjax.data.images import IMAGE_SUFFIXES
-    from qrjax.watermark.pipeline import expand_inputs
+    from qrjax.data.images import IMAGE_SUFFIXES, LIST_SUFFIXES, scan_inputs
 
     src_p, dest_p = Path(src), Path(dest)
     ext = ".jpg" if fmt == "jpeg" else ".png"
-    if not src_p.is_dir() and src_p.suffix.lower() not in (".txt", ".lst") and \
+    if not src_p.is_dir() and src_p.suffix.lower() not in LIST_SUFFIXES and \
             dest_p.suffix.lower() in IMAGE_SUFFIXES:
         return [(src, dest_p)]
+    scan = scan_inputs([src])
+    console.passed_over(prog, scan.skipped)
     pairs = []
-    for p in expand_inputs([src]):
+    for p in scan.paths:
         rel = Path(p).relative_to(src_p) if src_p.is_dir() else Path(Path(p).name)
         pairs.append((p, dest_p / rel.with_suffix(ext)))
     return pairs
@@ -77,80 +84,53 @@ def _embed_targets(src: str, dest: str, fmt: str) -> list[tuple[str, Path]]:
 
 def cmd_embed(args) -> int:
     from PIL import Image
+    from tqdm.auto import tqdm
 
-    from qrjax.ecc import get_code
+    from qrjax.data import load_image
+    from qrjax.metrics import psnr
     from qrjax.watermark import embed
-    from qrjax.watermark.embed import psnr
 
     prog = "qrjax watermark embed"
     model = _model(args.model)
-    code = get_code(args.code)
+    code = _code(args.code, prog)
     if code.n_bits != model.config.bits:
-        raise SystemExit(f"{prog}: --code {args.code} makes {code.n_bits}-bit codewords; the model carries "
-                         f"{model.config.bits} bits")
-    if args.key is None:
-        payload = np.random.default_rng().integers(0, 2, code.payload_bits).astype(np.uint8)
+        console.fail(prog, f"--code {args.code} makes {code.n_bits}-bit codewords; the model carries "
+                           f"{model.config.bits} bits")
+    if args.key is None:  # a fresh payload; --seed makes it reproducible
+        payload = np.random.default_rng(args.seed).integers(0, 2, code.payload_bits).astype(np.uint8)
     else:
         payload = _key_bits(code, args.key, "--key", prog)
+    key = bits_to_hex(payload)
     bits = np.asarray(code.encode(payload[None]))[0]
-    pairs = _embed_targets(args.input, args.output, args.format)
+    pairs = _embed_targets(args.input, args.output, args.format, prog)
     if not pairs:
-        raise SystemExit(f"{prog}: no image files in {args.input!r}")
-    images, results = _load_all([p for p, _ in pairs])
-    for i, img in images.items():
-        dest = pairs[i][1]
+        console.fail(prog, f"no image files in {args.input!r}")
+    out = console.Records()
+    for src, dest in tqdm(pairs, desc="embed", unit="img", file=sys.stderr, disable=args.quiet):
+        fields = {"path": src, "output": None, "key": key, "code": code.name, "psnr": None}
         try:
+            img = load_image(src)
             marked = embed(model, img[None], bits, strength=args.strength, refine_steps=args.refine_steps)[0]
             dest.parent.mkdir(parents=True, exist_ok=True)
             is_jpeg = dest.suffix.lower() in (".jpg", ".jpeg")
             Image.fromarray(marked).save(dest, **({"quality": args.quality} if is_jpeg else {}))
-            results[i].update(output=str(dest), psnr=round(float(psnr(img[None], marked[None], 255.0)[0]), 2))
+            fields.update(output=str(dest), psnr=round(float(psnr(img, marked, data_range=255.0)), 2))
+            out.write(console.record(**fields))
         except Exception as err:  # noqa: BLE001 - reported per input, the batch goes on
-            results[i]["error"] = f"{type(err).__name__}: {err}"
-    for r in results:
-        r["status"] = "error" if "error" in r else "ok"
-    print(json.dumps({"key": bits_to_hex(payload), "code": code.name, "results": results}, indent=1))
-    return 0 if all("error" not in r for r in results) else 1
-
-
-def cmd_extract(args) -> int:
-    import jax
-
-    from qrjax.ecc import get_code
-    from qrjax.watermark import detect, extract
-
-    model = _model(args.model)
-    code = get_code(args.code)
-    key = None
-    if args.payload:
-        try:
-            key = np.asarray(code.encode(hex_to_bits(args.payload, code.payload_bits, "--payload")[None]))[0]
-        except ValueError as err:
-            raise SystemExit(f"qrjax watermark extract: {err}") from None
-    images, results = _load_all(args.images)
-    for i, img in images.items():
-        try:
-            logits = extract(model, img[None], key=jax.random.key(i))
-            dec = detect.decode_payload(code, logits, method=args.decoding)
-            results[i].update(bits=bits_to_hex((logits[0] > 0).astype(int)), decoded=bool(dec.ok[0]),
-                              payload=bits_to_hex(np.asarray(dec.payload[0])))
-            if key is not None:
-                found, p, m = detect.detect(logits, key[None], fpr=args.fpr)
-                results[i].update(watermarked=bool(found[0]), p_value=float(p[0]), matching_bits=int(m[0]))
-        except Exception as err:  # noqa: BLE001 - reported per input, the batch goes on
-            results[i]["error"] = f"{type(err).__name__}: {err}"
-    print(json.dumps({"code": code.name, "results": results}, indent=1))
-    return 0 if all("error" not in r for r in results) else 1
+            out.write(console.record(**fields, error=f"{type(err).__name__}: {err}"))
+    console.log(prog, f"{len(pairs)} inputs: {out.counts['ok']} watermarked, {out.counts['error']} errors; key {key} "
+                      f"({code.name})")
+    return out.exit_code
 
 
 def _read_keys(code, path: str, prog: str) -> np.ndarray:
     try:
         lines = [ln.split("#")[0].strip() for ln in Path(path).read_text().splitlines()]
     except OSError as err:
-        raise SystemExit(f"{prog}: --keys {path}: {err}") from None
+        console.fail(prog, f"--keys {path}: {err}")
     keys = [_key_bits(code, ln, f"--keys {path}, line {i + 1}:", prog) for i, ln in enumerate(lines) if ln]
     if not keys:
-        raise SystemExit(f"{prog}: --keys {path}: no keys in the file")
+        console.fail(prog, f"--keys {path}: no keys in the file")
     return np.asarray(code.encode(np.stack(keys)))
 
 
@@ -175,25 +155,37 @@ def _finished(out: Path) -> dict[str, int]:
     return done
 
 
-def cmd_detect(args) -> int:
-    import sys
+def _local_mesh(devices: int | None, prog: str):
+    """A mesh over this process's first `devices` devices (all of them by default): detection runs per process."""
+    import jax
 
+    from qrjax import parallel
+
+    local = jax.local_devices()
+    if devices is not None and not 1 <= devices <= len(local):
+        console.fail(prog, f"--devices {devices}: this process has {len(local)} device(s)")
+    return parallel.make_mesh(devices=local[:devices or len(local)])
+
+
+def cmd_detect(args) -> int:
     from tqdm.auto import tqdm
 
-    from qrjax.ecc import get_code
-    from qrjax.watermark.pipeline import Decision, FullImageDetector, Plan, TileDetector, expand_inputs
+    from qrjax.data import scan_inputs
+    from qrjax.watermark.pipeline import Decision, FullImageDetector, Plan, TileDetector
 
     prog = "qrjax watermark detect"
-    code = get_code(args.code)
+    code = _code(args.code, prog)
     keys = None
     if args.key:
         keys = np.asarray(code.encode(_key_bits(code, args.key, "--key", prog)[None]))
     elif args.keys:
         keys = _read_keys(code, args.keys, prog)
     decision = Decision(code, keys, fpr=args.fpr, decoding=args.decoding)
-    paths = expand_inputs(args.paths)
+    scan = scan_inputs(args.paths)
+    console.passed_over(prog, scan.skipped)
+    paths = scan.paths
     if args.resume and not args.out:
-        raise SystemExit(f"{prog}: --resume needs --out (the results file to continue)")
+        console.fail(prog, "--resume needs --out (the results file to continue)")
     todo = paths
     if args.resume:
         done = _finished(Path(args.out))
@@ -210,13 +202,16 @@ def cmd_detect(args) -> int:
         try:
             cell = tuple(int(v) for v in args.cell.split(","))
             detector = TileDetector(_model(args.model), decision, cell=cell, draft=not args.no_draft,
-                                    preprocess=args.preprocess)
+                                    preprocess=args.preprocess, mesh=_local_mesh(args.devices, prog))
         except ValueError as err:
-            raise SystemExit(f"{prog}: {err}") from None
+            console.fail(prog, str(err))
         if args.workers:
-            workers = tuple(int(v) for v in args.workers.split(","))
+            try:
+                workers = tuple(int(v) for v in args.workers.split(","))
+            except ValueError:
+                workers = ()
             if len(workers) != 3 or min(workers) < 1:
-                raise SystemExit(f"{prog}: --workers takes three positive counts READ,DEVICE,WRITE")
+                console.fail(prog, f"--workers {args.workers!r}: expected three positive counts READ,DEVICE,WRITE")
             b = args.batch or 64
             plan = Plan(workers, (b, b, b))
         else:
@@ -227,31 +222,29 @@ def cmd_detect(args) -> int:
             print(plan.describe(), file=sys.stderr)
         run = lambda ps, progress: detector.run(ps, plan, progress=progress)  # noqa: E731
     sink = open(args.out, "a" if args.resume else "w") if args.out else sys.stdout
-    counts = {"ok": 0, "error": 0, "detected": 0}
+    out = console.Records(sink)
+    detected = 0
     try:
         with tqdm(total=len(todo), desc="detect", unit="img", file=sys.stderr, disable=args.quiet) as bar:
             for r in (run(todo, bar.update) if todo else ()):
-                sink.write(json.dumps(r) + "\n")
-                sink.flush()
-                counts[r["status"]] += 1
-                counts["detected"] += bool(r["detected"])
+                out.write(r)
+                detected += bool(r["detected"])
     finally:
         if sink is not sys.stdout:
             sink.close()
-    print(f"{prog}: {len(todo)} inputs ({len(paths) - len(todo)} already done): {counts['ok']} read, "
-          f"{counts['error']} errors, {counts['detected']} detected", file=sys.stderr)
-    return 1 if counts["error"] else 0
+    console.log(prog, f"{len(todo)} inputs ({len(paths) - len(todo)} already done): {out.counts['ok']} read, "
+                      f"{out.counts['error']} errors, {detected} detected")
+    return out.exit_code
 
 
 def cmd_bench(args) -> int:
     import tempfile
 
-    from qrjax.ecc import get_code
     from qrjax.watermark.benchmark import make_dataset, throughput
     from qrjax.watermark.pipeline import Decision, FullImageDetector, TileDetector
 
     model, baseline = _model(args.model), _model(args.baseline_model)
-    code = get_code(args.code)
+    code = _code(args.code, "qrjax watermark bench")
     variants = ("baseline", "system", "decode_bound") + (("tiled", "tiled+overlap", "reader_bound")
                                                         if args.all_variants else ())
     with tempfile.TemporaryDirectory(prefix="qrjax-bench-") as tmp:
@@ -267,14 +260,11 @@ def cmd_bench(args) -> int:
                "system_fraction_of_decode_bound": ips["system"] / ips["decode_bound"], "images": args.images,
                "size": args.size, "format": args.format, "repeats": args.repeats,
                "plan": res["plan_adaptive"], "all_images_per_s": ips}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"{args.images} {args.format} images {args.size}x{args.size}, median of {args.repeats} rounds:")
-        for v, x in ips.items():
-            print(f"  {v:14s} {x:9.1f} images/s  ({x / ips['baseline']:.2f}x baseline)")
-        print(f"  system / baseline = {summary['speedup']:.2f}x; system / decode-only bound = "
-              f"{summary['system_fraction_of_decode_bound']:.2f}")
+    lines = [f"{args.images} {args.format} images {args.size}x{args.size}, median of {args.repeats} rounds:"]
+    lines += [f"  {v:14s} {x:9.1f} images/s  ({x / ips['baseline']:.2f}x baseline)" for v, x in ips.items()]
+    lines.append(f"  system / baseline = {summary['speedup']:.2f}x; system / decode-only bound = "
+                 f"{summary['system_fraction_of_decode_bound']:.2f}")
+    console.result(summary, args.json, "\n".join(lines))
     return 0
 
 
@@ -301,23 +291,21 @@ def register(systems) -> None:
     from qrjax.config import add_train_arguments
     from qrjax.watermark.config import PRESETS
 
-    parser = systems.add_parser("watermark", help="QRMark watermark networks: train, embed, extract")
+    parser = systems.add_parser("watermark", help="QRMark watermarking: train, embed, detect, bench, demo")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the encoder/extractor (resumes from --workdir)")
     add_train_arguments(p, PRESETS)
     p.add_argument("--init", default=None, help="start from this model (shipped name or <stem>.json): fine-tuning")
+    p.add_argument("--json", action="store_true", help="print one compact JSON object")
     p.set_defaults(func=cmd_train)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default="cpu", help="shipped model name or a path to <stem>.json/.msgpack")
-    common.add_argument("--code", default="qrmark-bch", help="ECC preset or rs:N,K / bch:N,K")
-    common.add_argument("images", nargs="+", help="image files")
-
-    p = sub.add_parser("embed", help="watermark an image, a folder (recursively) or a .txt list of paths")
+    p = sub.add_parser("embed", help="watermark an image, a folder (recursively) or a .txt list of paths: one JSON "
+                                     "line per input")
     p.add_argument("input", help="image file, folder, or .txt/.lst file of paths")
     p.add_argument("output", help="output image file (for one input image) or folder")
     p.add_argument("--key", default=None, help="payload as hex (8 digits for the 32-bit presets); default random")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random payload when --key is not given")
     p.add_argument("--model", default="cpu", help="shipped model name or a path to <stem>.json/.msgpack")
     p.add_argument("--code", default="qrmark-bch", help="ECC preset or rs:N,K / bch:N,K")
     p.add_argument("--format", default="png", choices=("png", "jpeg"), help="format of files written to a folder")
@@ -325,6 +313,7 @@ def register(systems) -> None:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--refine-steps", type=int, default=None,
                    help="embed-time refinement steps against the extractor (default: the model's refine_steps)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("detect", help="the tiled detection system (or --baseline): one JSON line per input")
@@ -345,6 +334,8 @@ def register(systems) -> None:
                    help="workers shared by the stages (the allocator's S_max)")
     p.add_argument("--workers", default=None, help="fix the plan: READ,DEVICE,WRITE workers (skips the warm-up)")
     p.add_argument("--batch", type=int, default=None, help="fix the micro-batch size")
+    p.add_argument("--devices", type=int, default=None, help="split micro-batches over this many of the process's "
+                                                             "devices (default: all)")
     p.add_argument("--no-draft", action="store_true", help="decode JPEG at full scale")
     p.add_argument("--preprocess", default="auto", choices=("auto", "kernel", "reference"))
     p.add_argument("--verbose", action="store_true", help="print the allocation plan")
@@ -365,11 +356,5 @@ def register(systems) -> None:
     p.add_argument("--all-variants", action="store_true", help="also tiled, tiled+overlap and the reader bound")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("extract", parents=[common], help="read and decode the payload of images")
-    p.add_argument("--payload", default=None, help="a known payload: also test for it at --fpr")
-    p.add_argument("--fpr", type=float, default=1e-6)
-    p.add_argument("--decoding", default="chase", choices=("hard", "gmd", "chase"))
-    p.set_defaults(func=cmd_extract)
 
     register_demo(sub.add_parser("demo", help="the detection demo (also `qrjax demo`)"))

@@ -178,8 +178,10 @@ def _finished(out: Path) -> dict[str, int]:
 def cmd_detect(args) -> int:
     import sys
 
+    import jax
     from tqdm.auto import tqdm
 
+    from qrjax import parallel
     from qrjax.ecc import get_code
     from qrjax.watermark.pipeline import Decision, FullImageDetector, Plan, TileDetector, expand_inputs
 
@@ -194,8 +196,11 @@ def cmd_detect(args) -> int:
     paths = expand_inputs(args.paths)
     if args.resume and not args.out:
         raise SystemExit(f"{prog}: --resume needs --out (the results file to continue)")
+    # Across processes (qrjax --num-processes N ...) process 0 alone reads and writes --out, and its list of inputs
+    # decides; each process runs its contiguous share and process 0 writes every record, in input order, at the end.
+    first, multi = parallel.process_index() == 0, parallel.process_count() > 1
     todo = paths
-    if args.resume:
+    if args.resume and first:
         done = _finished(Path(args.out))
         todo = []
         for p in paths:
@@ -203,6 +208,8 @@ def cmd_detect(args) -> int:
                 done[p] -= 1
             else:
                 todo.append(p)
+    paths, todo = parallel.broadcast_from_first([paths, todo])
+    mine = parallel.process_share(todo)
     if args.baseline:
         detector = FullImageDetector(_model(args.baseline_model), decision)
         run = lambda ps, progress: detector.run(ps, args.batch or 32, progress=progress)  # noqa: E731
@@ -210,7 +217,7 @@ def cmd_detect(args) -> int:
         try:
             cell = tuple(int(v) for v in args.cell.split(","))
             detector = TileDetector(_model(args.model), decision, cell=cell, draft=not args.no_draft,
-                                    preprocess=args.preprocess)
+                                    preprocess=args.preprocess, mesh=parallel.make_mesh(devices=jax.local_devices()))
         except ValueError as err:
             raise SystemExit(f"{prog}: {err}") from None
         if args.workers:
@@ -220,26 +227,44 @@ def cmd_detect(args) -> int:
             b = args.batch or 64
             plan = Plan(workers, (b, b, b))
         else:
-            plan = detector.warmup(todo, args.budget, batch_hint=args.batch or 256) if todo else None
+            plan = detector.warmup(mine, args.budget, batch_hint=args.batch or 256) if mine else None
             if plan is not None and args.batch:
                 plan = Plan(plan.workers, (args.batch,) * 3, plan.costs, "adaptive, --batch fixed")
         if args.verbose and plan is not None:
             print(plan.describe(), file=sys.stderr)
         run = lambda ps, progress: detector.run(ps, plan, progress=progress)  # noqa: E731
-    sink = open(args.out, "a" if args.resume else "w") if args.out else sys.stdout
+    sink = (open(args.out, "a" if args.resume else "w") if args.out else sys.stdout) if first else None
     counts = {"ok": 0, "error": 0, "detected": 0}
+
+    def emit(r):
+        if sink is not None:
+            sink.write(json.dumps(r) + "\n")
+            sink.flush()
+        counts[r["status"]] += 1
+        counts["detected"] += bool(r["detected"])
+
+    mine_records = []
     try:
-        with tqdm(total=len(todo), desc="detect", unit="img", file=sys.stderr, disable=args.quiet) as bar:
-            for r in (run(todo, bar.update) if todo else ()):
-                sink.write(json.dumps(r) + "\n")
-                sink.flush()
-                counts[r["status"]] += 1
-                counts["detected"] += bool(r["detected"])
+        with tqdm(total=len(mine), desc="detect", unit="img", file=sys.stderr, disable=args.quiet) as bar:
+            for r in (run(mine, bar.update) if mine else ()):
+                if multi:
+                    mine_records.append(r)
+                else:
+                    emit(r)
+        if multi:  # process 0 writes (and counts) every process's records; the others count their own
+            gathered = parallel.gather_to_first(mine_records)
+            for r in (gathered if first else mine_records):
+                emit(r)
     finally:
-        if sink is not sys.stdout:
+        if sink is not None and sink is not sys.stdout:
             sink.close()
-    print(f"{prog}: {len(todo)} inputs ({len(paths) - len(todo)} already done): {counts['ok']} read, "
-          f"{counts['error']} errors, {counts['detected']} detected", file=sys.stderr)
+    if not multi or first:
+        where = f" on {parallel.process_count()} processes, {len(mine)} here" if multi else ""
+        head = f"{len(todo)} inputs ({len(paths) - len(todo)} already done){where}"
+    else:
+        head = f"process {parallel.process_index()} of {parallel.process_count()}: {len(mine)} of {len(todo)} inputs"
+    print(f"{prog}: {head}: {counts['ok']} read, {counts['error']} errors, {counts['detected']} detected",
+          file=sys.stderr)
     return 1 if counts["error"] else 0
 
 

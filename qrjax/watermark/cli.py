@@ -170,6 +170,7 @@ def _local_mesh(devices: int | None, prog: str):
 def cmd_detect(args) -> int:
     from tqdm.auto import tqdm
 
+    from qrjax import parallel
     from qrjax.data import scan_inputs
     from qrjax.watermark.pipeline import Decision, FullImageDetector, Plan, TileDetector
 
@@ -181,20 +182,27 @@ def cmd_detect(args) -> int:
     elif args.keys:
         keys = _read_keys(code, args.keys, prog)
     decision = Decision(code, keys, fpr=args.fpr, decoding=args.decoding)
-    scan = scan_inputs(args.paths)
-    console.passed_over(prog, scan.skipped)
-    paths = scan.paths
     if args.resume and not args.out:
         console.fail(prog, "--resume needs --out (the results file to continue)")
-    todo = paths
-    if args.resume:
-        done = _finished(Path(args.out))
-        todo = []
-        for p in paths:
-            if done[p] > 0:
-                done[p] -= 1
-            else:
-                todo.append(p)
+    # Across processes (qrjax --num-processes N ...) process 0 alone scans the inputs and reads and writes --out, and
+    # its list of inputs decides; each process runs its contiguous share and process 0 writes every record, in input
+    # order, at the end.
+    first, multi = parallel.process_index() == 0, parallel.process_count() > 1
+    paths = todo = []
+    if first:
+        scan = scan_inputs(args.paths)
+        console.passed_over(prog, scan.skipped)
+        paths = todo = scan.paths
+        if args.resume:
+            done = _finished(Path(args.out))
+            todo = []
+            for p in paths:
+                if done[p] > 0:
+                    done[p] -= 1
+                else:
+                    todo.append(p)
+    paths, todo = parallel.broadcast_from_first([paths, todo])
+    mine = parallel.process_share(todo)
     if args.baseline:
         detector = FullImageDetector(_model(args.baseline_model), decision)
         run = lambda ps, progress: detector.run(ps, args.batch or 32, progress=progress)  # noqa: E731
@@ -215,26 +223,44 @@ def cmd_detect(args) -> int:
             b = args.batch or 64
             plan = Plan(workers, (b, b, b))
         else:
-            plan = detector.warmup(todo, args.budget, batch_hint=args.batch or 256) if todo else None
+            plan = detector.warmup(mine, args.budget, batch_hint=args.batch or 256) if mine else None
             if plan is not None and args.batch:
                 plan = Plan(plan.workers, (args.batch,) * 3, plan.costs, "adaptive, --batch fixed")
         if args.verbose and plan is not None:
             print(plan.describe(), file=sys.stderr)
         run = lambda ps, progress: detector.run(ps, plan, progress=progress)  # noqa: E731
-    sink = open(args.out, "a" if args.resume else "w") if args.out else sys.stdout
-    out = console.Records(sink)
-    detected = 0
+    sink = (open(args.out, "a" if args.resume else "w") if args.out else sys.stdout) if first else None
+    out = console.Records(sink) if first else None
+    counts = {"ok": 0, "error": 0, "detected": 0}
+
+    def emit(r):
+        if out is not None:
+            out.write(r)
+        counts[r["status"]] += 1
+        counts["detected"] += bool(r["detected"])
+
+    mine_records = []
     try:
-        with tqdm(total=len(todo), desc="detect", unit="img", file=sys.stderr, disable=args.quiet) as bar:
-            for r in (run(todo, bar.update) if todo else ()):
-                out.write(r)
-                detected += bool(r["detected"])
+        with tqdm(total=len(mine), desc="detect", unit="img", file=sys.stderr, disable=args.quiet) as bar:
+            for r in (run(mine, bar.update) if mine else ()):
+                if multi:
+                    mine_records.append(r)
+                else:
+                    emit(r)
+        if multi:  # process 0 writes (and counts) every process's records; the others count their own
+            gathered = parallel.gather_to_first(mine_records)
+            for r in (gathered if first else mine_records):
+                emit(r)
     finally:
-        if sink is not sys.stdout:
+        if sink is not None and sink is not sys.stdout:
             sink.close()
-    console.log(prog, f"{len(todo)} inputs ({len(paths) - len(todo)} already done): {out.counts['ok']} read, "
-                      f"{out.counts['error']} errors, {detected} detected")
-    return out.exit_code
+    if first:
+        where = f" on {parallel.process_count()} processes, {len(mine)} here" if multi else ""
+        head = f"{len(todo)} inputs ({len(paths) - len(todo)} already done){where}"
+    else:
+        head = f"process {parallel.process_index()} of {parallel.process_count()}: {len(mine)} of {len(todo)} inputs"
+    console.log(prog, f"{head}: {counts['ok']} read, {counts['error']} errors, {counts['detected']} detected")
+    return 1 if counts["error"] else 0
 
 
 def cmd_bench(args) -> int:

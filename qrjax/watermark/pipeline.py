@@ -316,7 +316,8 @@ class TileDetector:
         """Start the device stage on ok samples (asynchronously): returns device arrays for `batch` rows."""
         windows, ry, rx = self.assemble(samples, batch)
         fn = self._device_fn(windows.shape[1:])
-        return fn(self.model.variables, windows, ry, rx)
+        # placed before the call: under several processes jit refuses host arrays with a non-replicated sharding
+        return fn(self.model.variables, *(parallel.shard_batch(a, self.mesh) for a in (windows, ry, rx)))
 
     def run_sequential(self, paths: Sequence[str], batch: int, *,
                        progress: Callable[[int], None] | None = None) -> Iterator[dict]:

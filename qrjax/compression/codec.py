@@ -17,7 +17,8 @@ modulo a power of two); "auto" picks polar for pw_rel and cartesian otherwise (m
 experiments/results/compression_vs_peers.md).
 
 The 1-D path runs the plain-jnp references of the fused Pallas kernels; `use_kernel=True` runs the kernels, which
-write the same bytes (tested in interpret mode; their GPU lowering has not been run on a device yet).
+write the same bytes (tested in interpret mode; they lower to Triton for CUDA, tested without a GPU, but have not
+been run on a device yet).
 """
 
 from __future__ import annotations

@@ -25,8 +25,13 @@ The decoder rebuilds each block independently: codes = anchor + in-block cumulat
 is the absolute bound (abs) or epsilon (pw_rel); step0/step1 are the quantisation steps of the code channels;
 centre0/1 the abs-mode offsets. float64 maths needs `jax.enable_x64(True)` around the call, as
 `qrjax.compression` does. `qrjax.compression` calls the `_reference` functions unless asked for the kernels
-(`use_kernel=True`): the kernels match them bit for bit in interpret mode (tested), but their GPU lowering has not
-been run on a device yet (no GPU was lent while they were written), so they are not the default anywhere.
+(`use_kernel=True`): the kernels match them bit for bit in interpret mode (tested), and they lower to Triton for CUDA
+(tested without a GPU; on GPU the block length B must be a power of two), but they have not been run on a device yet
+(no GPU was lent while they were written), so they are not the default anywhere.
+
+Public helpers the compressor composes for its N-d path and the tests use: `quantize_flat` (values -> codes, flags),
+`bit_planes` (residuals -> planes), `codes_from_planes` (planes, anchors -> codes), with `encode_values`,
+`decode_values`, `wrap`, `zigzag`, `unzigzag`, `pack_planes`, `unpack_planes` and `block_widths`.
 """
 
 from __future__ import annotations
@@ -206,7 +211,8 @@ def pack_planes(u, nplanes: int = WORD):
     left out: the caller passes at least the largest width (planes at or above a block's width are zero)."""
     v = u.reshape(u.shape[:-1] + (u.shape[-1] // WORD, WORD))
     p = jnp.arange(WORD, dtype=jnp.uint32)
-    bits = (v[..., None, :, :] >> p[:nplanes, None, None]) & 1
+    # iotas of the needed length rather than slices of one: Triton's Pallas lowering has no `slice`
+    bits = (v[..., None, :, :] >> jnp.arange(nplanes, dtype=jnp.uint32)[:, None, None]) & 1
     return jnp.sum(bits << p, axis=-1, dtype=jnp.uint32), block_widths(u)
 
 
@@ -219,7 +225,7 @@ def unpack_planes(planes):
     """planes: uint32[..., P, B/32] (P <= 32 lowest planes) -> u: uint32[..., B] (inverse of `pack_planes`)."""
     p = jnp.arange(WORD, dtype=jnp.uint32)
     bits = (planes[..., None] >> p) & 1  # [..., plane, word, i]
-    u = jnp.sum(bits << p[:planes.shape[-2], None, None], axis=-3, dtype=jnp.uint32)
+    u = jnp.sum(bits << jnp.arange(planes.shape[-2], dtype=jnp.uint32)[:, None, None], axis=-3, dtype=jnp.uint32)
     return u.reshape(u.shape[:-2] + (-1,))
 
 
@@ -230,33 +236,41 @@ def _residual(q, prev, period: int):
     """codes and their predecessors int32[..., B] -> (zig-zag residuals uint32[..., B], widths int32[...],
     anchors int32[...]: the predecessor of each block's first value)."""
     u = zigzag(wrap(q - prev, period))
-    return u, block_widths(u), prev[..., 0]
+    return u, block_widths(u), _first(prev)
 
 
-def _pack_codes(codes, prev, scheme: Scheme):
-    """codes, prev: C int32 arrays [R, B] -> planes [C, R, 32, W], widths [C, R], anchors [C, R]."""
-    out = [_residual(q, qp, scheme.period if c == 1 else 0) for c, (q, qp) in enumerate(zip(codes, prev))]
-    return (jnp.stack([pack_planes(u)[0] for u, _, _ in out]), jnp.stack([w for _, w, _ in out]),
-            jnp.stack([a for _, _, a in out]))
+def _first(a):
+    """a: int32[..., B] -> int32[...], a[..., 0] as a masked sum: Triton's Pallas lowering has no `slice`."""
+    lane = jax.lax.broadcasted_iota(jnp.int32, a.shape, a.ndim - 1)
+    return jnp.sum(jnp.where(lane == 0, a, 0), axis=-1, dtype=a.dtype)
 
 
-def _decode_blocks(planes, anchors, flags, scalars, scheme: Scheme):
-    return jnp.stack(decode_values(_codes(planes, anchors, scheme), flags, scalars, scheme))
+# The kernels read and write channels and scalars one at a time through their refs (`ref[i]` is a load or a store)
+# rather than indexing or stacking arrays: Triton's Pallas lowering has no `slice` and stacks only two arrays along
+# the last axis. The helpers take per-channel sequences either way.
+
+
+def _scalars(s_ref):
+    return tuple(s_ref[i] for i in range(s_ref.shape[0]))
 
 
 def _quantize_pack_kernel(x_ref, xp_ref, s_ref, planes_ref, widths_ref, anchors_ref, flags_ref, *, scheme):
-    x, xp, scalars = x_ref[...], xp_ref[...], s_ref[...]
-    codes, flags = encode_values(tuple(x[i] for i in range(x.shape[0])), scalars, scheme)
-    prev, _ = encode_values(tuple(xp[i] for i in range(xp.shape[0])), scalars, scheme)
-    planes, widths, anchors = _pack_codes(codes, prev, scheme)
-    planes_ref[...] = planes
-    widths_ref[...] = widths
-    anchors_ref[...] = anchors
+    scalars = _scalars(s_ref)
+    codes, flags = encode_values(tuple(x_ref[i] for i in range(x_ref.shape[0])), scalars, scheme)
+    prev, _ = encode_values(tuple(xp_ref[i] for i in range(xp_ref.shape[0])), scalars, scheme)
+    for c, (q, qp) in enumerate(zip(codes, prev)):
+        u, widths, anchors = _residual(q, qp, scheme.period if c == 1 else 0)
+        planes_ref[c] = pack_planes(u)[0]
+        widths_ref[c] = widths
+        anchors_ref[c] = anchors
     flags_ref[...] = flags
 
 
 def _unpack_reconstruct_kernel(planes_ref, anchors_ref, flags_ref, s_ref, out_ref, *, scheme):
-    out_ref[...] = _decode_blocks(planes_ref[...], anchors_ref[...], flags_ref[...], s_ref[...], scheme)
+    channels = range(planes_ref.shape[0])
+    codes = _codes([planes_ref[c] for c in channels], [anchors_ref[c] for c in channels], scheme)
+    for i, v in enumerate(decode_values(codes, flags_ref[...], _scalars(s_ref), scheme)):
+        out_ref[i] = v
 
 
 def _rows(rows: int, block_sizes: BlockSizes | None, interpret: bool) -> int:
@@ -272,6 +286,12 @@ def _check(xs, scheme):
     if xs.ndim != 3 or xs.shape[0] != (1 if scheme.rep == "real" else 2) or xs.shape[-1] % WORD:
         raise ValueError(f"error_bounded: values must be float[C_in, R, B] with C_in = {scheme.channels} and B a "
                          f"multiple of {WORD}, got {xs.shape}")
+
+
+def _check_gpu_blocks(b: int, r: int, interpret: bool) -> None:
+    for name, size in (("the block length B", b), ("block_rows", r)):
+        if not interpret and size & (size - 1):  # Triton's arrays must have power-of-two sizes
+            raise ValueError(f"error_bounded: on GPU {name} must be a power of two, got {size}")
 
 
 def shift_prev(xs):
@@ -295,6 +315,7 @@ def quantize_pack(xs: jax.Array, xs_prev: jax.Array, scalars: jax.Array, *, sche
     c_in, rows, b = xs.shape
     c, w = scheme.channels, b // WORD
     r = _rows(rows, block_sizes, interpret)
+    _check_gpu_blocks(b, r, interpret)
     spec_x = pl.BlockSpec((c_in, r, b), lambda i: (0, i, 0))
     return pl.pallas_call(
         functools.partial(_quantize_pack_kernel, scheme=scheme),
@@ -322,6 +343,7 @@ def unpack_reconstruct(planes: jax.Array, anchors: jax.Array, flags: jax.Array, 
     c, rows, nplanes, w = planes.shape
     b = w * WORD
     r = _rows(rows, block_sizes, interpret)
+    _check_gpu_blocks(b, r, interpret)
     return pl.pallas_call(
         functools.partial(_unpack_reconstruct_kernel, scheme=scheme),
         out_shape=jax.ShapeDtypeStruct((c, rows, b), scheme.component_dtype),
@@ -335,7 +357,10 @@ def unpack_reconstruct(planes: jax.Array, anchors: jax.Array, flags: jax.Array, 
 
 
 @functools.partial(jax.jit, static_argnames=("scheme",))
-def _encode_flat(xs, scalars, *, scheme: Scheme):
+def quantize_flat(xs: jax.Array, scalars: jax.Array, *, scheme: Scheme):
+    """xs: float[C_in, ...] (the input's components, any shape); scalars: f64[6] -> (codes: tuple of C int32[N],
+    flags: uint8[N]) with N = prod(...), in row-major order: `encode_values` over the flattened components, as one
+    XLA program. The codes of outliers are 0. Needs `jax.enable_x64(True)` around the call."""
     return encode_values(tuple(x.reshape(-1) for x in xs), scalars, scheme)
 
 
@@ -348,7 +373,9 @@ def _residuals(codes, *, rows: int, scheme: Scheme):
 
 
 @functools.partial(jax.jit, static_argnames=("nplanes",))
-def _planes(u, *, nplanes: int):
+def bit_planes(u: jax.Array, *, nplanes: int = WORD) -> jax.Array:
+    """u: uint32[..., B] (B a multiple of 32) -> uint32[..., nplanes, B/32]: the lowest nplanes bit planes of each
+    block, as `pack_planes` without the widths, as one XLA program. Pass nplanes >= the largest block width."""
     return pack_planes(u, nplanes)[0]
 
 
@@ -357,7 +384,7 @@ def encode_residuals(xs, scalars, *, scheme: Scheme):
     Three XLA programs: fused, XLA recomputed the quantisation for each consumer (about 3x slower on CPU)."""
     _check(xs, scheme)
     _, rows, b = xs.shape
-    codes, flags = _encode_flat(xs, scalars, scheme=scheme)
+    codes, flags = quantize_flat(xs, scalars, scheme=scheme)
     u, widths, anchors = _residuals(codes, rows=rows, scheme=scheme)
     return u, widths, anchors, flags.reshape(rows, b)
 
@@ -367,11 +394,12 @@ def quantize_pack_reference(xs, scalars, *, scheme: Scheme, nplanes: int = WORD)
     its block, so it quantises the shifted input instead). With nplanes < 32 only the lowest planes are returned
     (`qrjax.compression` passes the largest width, which cuts the packing work on CPU)."""
     u, widths, anchors, flags = encode_residuals(xs, scalars, scheme=scheme)
-    return _planes(u, nplanes=nplanes), widths, anchors, flags
+    return bit_planes(u, nplanes=nplanes), widths, anchors, flags
 
 
 def _codes(planes, anchors, scheme: Scheme):
-    """planes [C, R, P, W], anchors [C, R] -> C int32 code arrays [R, B]: anchor + in-block cumulative sum."""
+    """planes uint32[C, R, P, W], anchors int32[C, R] (arrays, or per-channel sequences as the kernel passes) -> C
+    int32 code arrays [R, B]: anchor + in-block cumulative sum."""
     codes = []
     for c in range(scheme.channels):
         d = unzigzag(unpack_planes(planes[c]))
@@ -380,7 +408,11 @@ def _codes(planes, anchors, scheme: Scheme):
     return codes
 
 
-_codes_from_planes = jax.jit(_codes, static_argnames=("scheme",))
+@functools.partial(jax.jit, static_argnames=("scheme",))
+def codes_from_planes(planes: jax.Array, anchors: jax.Array, *, scheme: Scheme) -> list[jax.Array]:
+    """planes uint32[C, R, P, B/32] (the P <= 32 lowest planes), anchors int32[C, R] -> C int32 code arrays [R, B]:
+    the first half of `unpack_reconstruct_reference`, the inverse of the quantisation's Lorenzo + packing steps."""
+    return _codes(planes, anchors, scheme)
 
 
 @functools.partial(jax.jit, static_argnames=("scheme",))
@@ -390,4 +422,4 @@ def _values_from_codes(codes, flags, scalars, *, scheme: Scheme):
 
 def unpack_reconstruct_reference(planes, anchors, flags, scalars, *, scheme: Scheme):
     """Plain-jnp `unpack_reconstruct` (two XLA programs, as `quantize_pack_reference`)."""
-    return _values_from_codes(_codes_from_planes(planes, anchors, scheme=scheme), flags, scalars, scheme=scheme)
+    return _values_from_codes(codes_from_planes(planes, anchors, scheme=scheme), flags, scalars, scheme=scheme)

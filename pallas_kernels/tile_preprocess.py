@@ -46,21 +46,26 @@ def _round_up(x: int, m: int) -> int:
 def _kernel(win_ref, ry_ref, rx_ref, out_ref, *, scale, offset):
     i, j = pl.program_id(1), pl.program_id(2)
 
+    # Every access is one channel's [T, T] (or [bh, bw]) plane: Triton's arrays must have power-of-two sizes, and the
+    # channel axis has 3.
     @pl.when((i == 0) & (j == 0))
     def _():
-        out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
+        for c in range(3):
+            out_ref[0, c] = jnp.zeros(out_ref.shape[2:], out_ref.dtype)
 
     ry = ry_ref[0]  # [T, bh]
     rx = rx_ref[0]  # [T, bw]
+    hi = jax.lax.Precision.HIGHEST  # IEEE f32 on GPU, not TF32 (whose 10-bit mantissa would cost ~1e-3)
     for c in range(3):
         piece = win_ref[0, c].astype(jnp.float32)  # [bh, bw]
-        rows = jnp.dot(ry, piece, preferred_element_type=jnp.float32)  # [T, bw]
-        out_ref[0, c] += jax.lax.dot_general(rows, rx, (((1,), (1,)), ((), ())),
+        rows = jnp.dot(ry, piece, precision=hi, preferred_element_type=jnp.float32)  # [T, bw]
+        out_ref[0, c] += jax.lax.dot_general(rows, rx, (((1,), (1,)), ((), ())), precision=hi,
                                              preferred_element_type=jnp.float32)  # [T, T]
 
     @pl.when((i == pl.num_programs(1) - 1) & (j == pl.num_programs(2) - 1))
     def _():
-        out_ref[...] = out_ref[...] * scale + offset
+        for c in range(3):
+            out_ref[0, c] = out_ref[0, c] * scale + offset
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "offset", "block_sizes", "interpret"))
@@ -82,6 +87,10 @@ def tile_preprocess(windows: jax.Array, ry: jax.Array, rx: jax.Array, *, scale: 
     align = 1 if interpret else 16  # Triton's dot needs block sides of at least 16
     bh = sizes.block_h or (_round_up(h, align) if interpret else 64)
     bw = sizes.block_w or (_round_up(w, align) if interpret else 64)
+    if not interpret:
+        for name, size in (("tile side T", t), ("block_h", bh), ("block_w", bw)):
+            if size < 16 or size & (size - 1):
+                raise ValueError(f"tile_preprocess: on GPU {name} must be a power of two >= 16, got {size}")
     hp, wp = _round_up(h, bh), _round_up(w, bw)
     planar = jnp.pad(jnp.transpose(windows, (0, 3, 1, 2)), ((0, 0), (0, 0), (0, hp - h), (0, wp - w)))
     ry = jnp.pad(ry.astype(jnp.float32), ((0, 0), (0, 0), (0, hp - h)))

@@ -17,7 +17,8 @@ modulo a power of two); "auto" picks polar for pw_rel and cartesian otherwise (m
 experiments/results/compression_vs_peers.md).
 
 The 1-D path runs the plain-jnp references of the fused Pallas kernels; `use_kernel=True` runs the kernels, which
-write the same bytes (tested in interpret mode; their GPU lowering has not been run on a device yet).
+write the same bytes (tested in interpret mode; they lower to Triton for CUDA, tested without a GPU, but have not
+been run on a device yet).
 """
 
 from __future__ import annotations
@@ -297,16 +298,16 @@ def compress(x, bound: float, mode: str = "abs", *, predictor: str = "lorenzo", 
                 planes, widths, anchors, flags = eb.quantize_pack(xs, eb.shift_prev(xs), s, scheme=scheme)
             else:  # pack only the planes the widest block needs (the packing is the costliest step on CPU)
                 u, widths, anchors, flags = eb.encode_residuals(xs, s, scheme=scheme)
-                planes = eb._planes(u, nplanes=_nplanes(widths))
+                planes = eb.bit_planes(u, nplanes=_nplanes(widths))
             flags = flags.reshape(-1)[:n]
         else:
             squeezed = tuple(d for d in shape if d > 1)  # size-1 axes carry no neighbours
             field = tuple(p.reshape(squeezed if len(squeezed) <= 3 else (-1,) + squeezed[-3:]) for p in parts)
-            codes, flags = eb._encode_flat(jnp.stack(field), s, scheme=scheme)
+            codes, flags = eb.quantize_flat(jnp.stack(field), s, scheme=scheme)
             codes = [q.reshape(field[0].shape) for q in codes]
             u = _field_residuals(codes, dims=dims, block=block, period=scheme.period)
             widths = _widths(u)
-            planes = eb._planes(u, nplanes=_nplanes(widths))
+            planes = eb.bit_planes(u, nplanes=_nplanes(widths))
             anchors = jnp.zeros((scheme.channels, 0), jnp.int32)
         planes, widths, anchors, flags = (np.asarray(a) for a in (planes, widths, anchors, flags))
     keep = np.arange(planes.shape[-2]) < widths[..., None]

@@ -1,5 +1,3 @@
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,15 +9,16 @@ TOL = {jnp.float32: (1e-5, 1e-6), jnp.bfloat16: (2e-2, 2e-3)}  # (max, mean) abs
 
 # (batch, Lq, Lk, heads, head_dim, block_q, block_k); interpret mode: at most 64 grid steps (B * H * Lq / block_q).
 CPU_CASES = [
-    (1, 37, 37, 2, 16, 16, 16),  # padded q and k blocks, 3 key blocks
-    (2, 37, 37, 2, 8, None, None),  # default blocks: the whole sequence
-    (2, 24, 50, 2, 16, 8, 16),  # cross-attention, Lq < Lk, 4 key blocks, 2 real keys in the last
-    (2, 50, 20, 3, 8, 32, 8),  # cross-attention, Lq > Lk
-    (1, 64, 64, 4, 32, 16, 32),  # no padding, 2 key blocks accumulated
-    (1, 17, 33, 2, 8, 16, 32),  # last key block holds 1 real key and 31 padded ones
-    (1, 130, 130, 1, 8, None, None),  # default blocks above 128: two blocks of 65
-    (1, 1, 5, 1, 4, None, None),  # one query
+    pytest.param(1, 37, 37, 2, 16, 16, 16, id="padded-q-and-k-3-key-blocks"),
+    pytest.param(2, 37, 37, 2, 8, None, None, id="default-blocks-whole-sequence"),
+    pytest.param(2, 24, 50, 2, 16, 8, 16, id="cross-Lq<Lk-4-key-blocks-2-real-keys-in-last"),
+    pytest.param(2, 50, 20, 3, 8, 32, 8, id="cross-Lq>Lk"),
+    pytest.param(1, 64, 64, 4, 32, 16, 32, id="no-padding-2-key-blocks-dit-cpu-preset-D32"),
+    pytest.param(1, 17, 33, 2, 8, 16, 32, id="last-key-block-1-real-31-padded"),
+    pytest.param(1, 130, 130, 1, 8, None, None, id="default-blocks-above-128-two-of-65"),
+    pytest.param(1, 1, 5, 1, 4, None, None, id="one-query"),
 ]
+BF16_CPU_CASES = [CPU_CASES[0], CPU_CASES[2], CPU_CASES[4]]
 
 
 def _inputs(b, lq, lk, h, d, dtype=jnp.float32, seed=0):
@@ -49,7 +48,7 @@ def test_kernel_matches_reference_f32_interpret(b, lq, lk, h, d, bq, bk):
     _check(b, lq, lk, h, d, bq, bk, jnp.float32, interpret=True)
 
 
-@pytest.mark.parametrize("b, lq, lk, h, d, bq, bk", [CPU_CASES[0], CPU_CASES[2], CPU_CASES[4]])
+@pytest.mark.parametrize("b, lq, lk, h, d, bq, bk", BF16_CPU_CASES)
 def test_kernel_matches_reference_bf16_interpret(b, lq, lk, h, d, bq, bk):
     _check(b, lq, lk, h, d, bq, bk, jnp.bfloat16, interpret=True)
 
@@ -114,8 +113,10 @@ def test_rejects_bad_inputs():
         flash_attention(q, k, v, block_sizes=BlockSizes(24, 16), interpret=False)
 
 
-@pytest.mark.parametrize("lq, lk, d, bq, bk, dtype", [(37, 37, 72, 16, 16, jnp.float32),
-                                                      (256, 300, 64, None, None, jnp.bfloat16)])
+@pytest.mark.parametrize("lq, lk, d, bq, bk, dtype", [
+    pytest.param(37, 37, 72, 16, 16, jnp.float32, id="padded-L-and-head-dim-f32"),
+    pytest.param(256, 300, 64, None, None, jnp.bfloat16, id="default-blocks-cross-bf16"),
+])
 def test_lowers_to_triton_without_gpu(lq, lk, d, bq, bk, dtype):
     """The GPU path (padded head dim, power-of-two blocks, Triton params) lowers for CUDA on a CPU-only machine, so
     Triton lowering errors show up here before a GPU run."""
@@ -126,17 +127,27 @@ def test_lowers_to_triton_without_gpu(lq, lk, d, bq, bk, dtype):
     assert "triton" in text.lower()
 
 
-# GPU: the full sweep, Triton lowering. f32 dots run at IEEE precision; tiled reductions at Lk ~1k get ~1e-4.
-GPU_GRID = list(itertools.product([1, 2], [(256, 256), (37, 37), (100, 300), (1024, 1024)], [4], [64, 72],
-                                  [(None, None), (32, 64), (128, 32)], [jnp.float32, jnp.bfloat16]))
+# GPU, Triton lowering: chosen shapes. f32 dots run at IEEE precision; tiled reductions at Lk ~1k get ~1e-4.
+# (batch, Lq, Lk, heads, head_dim, block_q, block_k, dtype)
+F32, BF16 = jnp.float32, jnp.bfloat16
+GPU_CASES = [
+    pytest.param(1, 1, 1, 1, 16, None, None, F32, id="smallest-one-query-one-key"),
+    pytest.param(2, 37, 37, 4, 72, None, None, F32, id="padded-L37-head-dim-72-padded-to-128"),
+    pytest.param(2, 100, 300, 4, 64, 32, 64, F32, id="cross-Lq<Lk-blocks-32x64"),
+    pytest.param(2, 300, 100, 4, 72, 128, 32, BF16, id="cross-Lq>Lk-blocks-128x32-bf16"),
+    pytest.param(8, 16, 16, 2, 16, None, None, F32, id="dit-tiny-preset-16-tokens-D16"),
+    pytest.param(64, 256, 256, 6, 64, None, None, F32, id="dit-paper-preset-256-tokens-6-heads-D64"),
+    pytest.param(64, 256, 256, 6, 64, None, None, BF16, id="dit-paper-preset-bf16"),
+    pytest.param(1, 1024, 1024, 4, 64, None, None, F32, id="tiled-reduction-K1k-f32"),
+    pytest.param(1, 4096, 4096, 8, 128, 128, 64, BF16, id="largest-L4096-D128-bf16"),
+]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("b, lengths, h, d, blocks, dtype", GPU_GRID)
-def test_kernel_matches_reference_gpu(b, lengths, h, d, blocks, dtype):
-    lq, lk = lengths
+@pytest.mark.parametrize("b, lq, lk, h, d, bq, bk, dtype", GPU_CASES)
+def test_kernel_matches_reference_gpu(b, lq, lk, h, d, bq, bk, dtype):
     q, k, v = _inputs(b, lq, lk, h, d, dtype)
-    out = flash_attention(q, k, v, block_sizes=BlockSizes(*blocks), interpret=False)
+    out = flash_attention(q, k, v, block_sizes=BlockSizes(bq, bk), interpret=False)
     want = flash_attention_reference(q, k, v)
     max_tol, mean_tol = TOL[dtype] if dtype == jnp.bfloat16 else (1e-4, 1e-5)
     err = np.abs(np.asarray(out, np.float32) - np.asarray(want, np.float32))

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from qrjax import bench  # noqa: E402
 from qrjax.diffusion import supergen as sg  # noqa: E402
 from qrjax.diffusion.config import SuperGenConfig  # noqa: E402
-from qrjax.diffusion.metrics import psnr, seam_ratio, ssim  # noqa: E402
 from qrjax.diffusion.sampler import sample, velocity_fn  # noqa: E402
+from qrjax.metrics import psnr, seam_ratio, ssim  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -229,7 +229,8 @@ def main(argv=None) -> int:
                 "seconds": statistics.median(times[(alpha, thr)]),
                 "speedup_time": statistics.median(times[(alpha, 0.0)]) / statistics.median(times[(alpha, thr)]),
                 "calls": stats.model_calls - stats.stage1_calls, "executed": stats.executed_tile_forwards,
-                "skip_rate": stats.skip_rate, "psnr": psnr(img, ref_img), "ssim": ssim(img, ref_img)})
+                "skip_rate": stats.skip_rate, "psnr": float(psnr(img, ref_img, 255.0)),
+                "ssim": float(ssim(img, ref_img, 255.0))})
             if seed == 0 and thr > 0:
                 images[f"{top}x cache {thr:g} (a={alpha:g})"] = img
     sweep = []

@@ -80,7 +80,7 @@ def cmd_embed(args) -> int:
 
     from qrjax.ecc import get_code
     from qrjax.watermark import embed
-    from qrjax.watermark.embed import psnr
+    from qrjax.metrics import psnr
 
     prog = "qrjax watermark embed"
     model = _model(args.model)

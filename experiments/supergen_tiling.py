@@ -94,7 +94,7 @@ def class_accuracy(model, base, per_class: int) -> dict:
 def model_flops(model, shape) -> float:
     """XLA FLOPs of one model call on a [1, *shape] latent."""
     v = velocity_fn(model.config, model.params, jnp.zeros((1,), jnp.int32) if model.config.num_classes else None)
-    return sg.program_flops(jax.jit(v).lower(jnp.zeros((1, *shape)), jnp.float32(0.5)).compile())
+    return bench.program_flops(jax.jit(v).lower(jnp.zeros((1, *shape)), jnp.float32(0.5)).compile())
 
 
 def warm_runs(fn, repeats: int) -> list:
@@ -156,8 +156,8 @@ def main(argv=None) -> int:
     native_compiled = native_fn.lower(model.params, jax.random.key(0)).compile()
     bench.block(native_compiled(model.params, jax.random.key(0)))  # warm-up
     native_seconds = bench.seconds(native_compiled, model.params, jax.random.key(0), repeats=args.repeats)
-    native_bytes = sg.program_bytes(native_compiled)
-    native_temp = sg.program_bytes(native_compiled, temp_only=True)
+    native_bytes = bench.program_bytes(native_compiled)
+    native_temp = bench.program_bytes(native_compiled, temp_only=True)
     tile_flops = model_flops(model, (s, s, mc.channels))
     steps2 = args.steps - args.restart
     memory_rows = [{"scale": 1, "variant": "native (stage 1)", "tokens_per_call": (s // mc.patch) ** 2,

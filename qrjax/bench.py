@@ -18,7 +18,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -111,8 +111,8 @@ class Timings(Generic[T]):
 
 def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup: int = 1,
                 warmup_fns: Mapping[Hashable, Callable[[], Any]] | None = None,
-                seconds: Callable[[T], float] | None = None, progress: bool | str = False,
-                clock: Callable[[], float] = time.perf_counter) -> Timings[T]:
+                seconds: Callable[[T], float] | None = None, host: Collection[Hashable] = (),
+                progress: bool | str = False, clock: Callable[[], float] = time.perf_counter) -> Timings[T]:
     """Time variants A, B, C, ... (the callables of `fns`, no arguments) interleaved round by round.
 
     First `warmup` warm-up rounds call every variant once each (in the mapping's order), each call's wall time kept
@@ -121,6 +121,9 @@ def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup:
     run uses). Then `rounds` rounds call A, B, C, ... once each in that order. Every result goes through
     `block_until_ready` (every jax array in its pytree) before the clock stops.
 
+    host: variants whose results hold no jax arrays (e.g. a peer library's decoded words as Python lists): their
+        results are not walked for arrays (the walk is timed with the call, and takes time in proportion to the
+        result's leaves: a noticeable part of the call for tens of thousands of them).
     seconds: where a result carries its own timing (e.g. SuperGen's stage-2 seconds, which leave compilation and
         the sketch out), a function of the result that returns it; the timed rounds then use it instead of the
         wall time of the call. Warm-up times are always wall times.
@@ -143,7 +146,9 @@ def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup:
         for k in names:
             fn = (warmup_fns or {}).get(k, fns[k])
             start = clock()
-            block(fn())
+            out = fn()
+            if k not in host:
+                block(out)
             warm[k].append(clock() - start)
     times: dict[Hashable, list[float]] = {k: [] for k in names}
     results: dict[Hashable, T] = {}
@@ -157,7 +162,8 @@ def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup:
         for k in names:
             start = clock()
             out = fns[k]()
-            block(out)
+            if k not in host:
+                block(out)
             elapsed = clock() - start
             times[k].append(float(seconds(out)) if seconds is not None else elapsed)
             results[k] = out

@@ -76,7 +76,30 @@ def test_interleaved_warmup_fns_seconds_from_results_and_several_warmups():
     assert t.results["y"]["out"] == ("y", 6)
 
 
+class Pending:
+    """A result leaf that counts the block_until_ready calls made on it."""
+
+    def __init__(self):
+        self.blocked = 0
+
+    def block_until_ready(self):
+        self.blocked += 1
+        return self
+
+
 def test_interleaved_blocks_on_jax_results_and_rejects_bad_arguments():
+    made = {"device": [], "host": []}
+
+    def make(name):
+        def fn():
+            made[name].append(Pending())
+            return {"out": [made[name][-1]]}
+
+        return fn
+
+    bench.interleaved({"device": make("device"), "host": make("host")}, rounds=2, host={"host"})
+    assert [p.blocked for p in made["device"]] == [1, 1, 1]  # warm-up + 2 rounds, each blocked once
+    assert [p.blocked for p in made["host"]] == [0, 0, 0]  # host results are not walked
     f = jax.jit(lambda x: x * 2)
     x = jnp.arange(4.0)
     t = bench.interleaved({"double": lambda: {"y": f(x)}, "host": lambda: np.ones(2)}, rounds=2, progress="t")

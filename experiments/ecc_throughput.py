@@ -6,7 +6,8 @@
 Writes experiments/results/ecc_throughput.{json,md} and ecc_word_success.png.
 
 Throughput: the jit-compiled batched decoder against `reedsolo` (and `galois` for BCH) on the very same corrupted words,
-round by round; the quoted ratio is the median over rounds of (qrjax rate / peer rate). reedsolo decodes every word
+round by round (`qrjax.bench.interleaved`: one call of each per round after a warm-up that compiles); rates are medians
+over rounds, the quoted ratio is the median over rounds of (qrjax rate / peer rate). reedsolo decodes every word
 of the RS(6, 4) batch; for RS(255, 223) (reedsolo: milliseconds per word) and BCH (galois: about 5 ms per word) the
 peer decodes a stated leading sample of the same batch.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -78,20 +78,15 @@ def throughput(rng, code, batch, n_errors, rounds, peer_sample, label):
     msgs, words = corrupted_words(rng, code, batch, n_errors)
     words_dev = jnp.asarray(words)
     decode = jax.jit(lambda w: code.decode(w))  # under jit the words are traced: only their shape is checked
-    compile_s = bench.compile_seconds(decode, words_dev)
     peer_name, peer = peer_decoder(code)
     sample = words[:peer_sample]
-    peer(sample[:4])  # warm-up: galois JIT-compiles (numba) on its first call, as qrjax does above
-    jax_s, peer_s, ratios = [], [], []
-    for _ in tqdm(range(rounds), desc=f"{label} rounds", leave=False):
-        j = bench.seconds(decode, words_dev, repeats=3)
-        start = time.perf_counter()
-        peer_out = peer(sample)
-        p = time.perf_counter() - start
-        jax_s.append(j)
-        peer_s.append(p)
-        ratios.append((batch / j) / (len(sample) / p))
-    res = decode(words_dev)
+    # the warm-up compiles qrjax's decoder; galois JIT-compiles (numba) on its first call, a few words are enough
+    timed = bench.interleaved({"qrjax": lambda: decode(words_dev), "peer": lambda: peer(sample)}, rounds=rounds,
+                              warmup_fns={"peer": lambda: peer(sample[:4])}, host={"peer"},
+                              progress=f"{label} rounds")
+    # per round (qrjax words/s) / (peer words/s): the peer decodes only the leading sample
+    ratios = [r * batch / len(sample) for r in timed.round_ratios("peer", "qrjax")]
+    res, peer_out = timed.results["qrjax"], timed.results["peer"]
     mine_ok, mine_msg = np.asarray(res.ok), np.asarray(res.message)
     agree = sum(
         (theirs is None and not mine_ok[i]) or (theirs is not None and mine_ok[i] and list(mine_msg[i]) == theirs)
@@ -99,9 +94,9 @@ def throughput(rng, code, batch, n_errors, rounds, peer_sample, label):
     return {
         "code": repr(code), "label": label, "batch": batch, "peer": peer_name, "peer_words": len(sample),
         "errors_per_word": {str(e): int(c) for e, c in zip(*np.unique(n_errors, return_counts=True))},
-        "compile_s": compile_s,
-        "qrjax_decodes_per_s": batch / statistics.median(jax_s),
-        "peer_decodes_per_s": len(sample) / statistics.median(peer_s),
+        "compile_s": timed.first_call_seconds["qrjax"],
+        "qrjax_decodes_per_s": batch / timed.median("qrjax"),
+        "peer_decodes_per_s": len(sample) / timed.median("peer"),
         "ratio_median": statistics.median(ratios), "ratio_per_round": ratios,
         "words_recovered": float(np.mean(np.all(mine_msg == msgs, axis=1))),
         "agreement_with_peer": f"{agree}/{len(sample)}",

@@ -29,14 +29,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
 from qrjax import bench, tiling
 from qrjax.data import bundled_source
 from qrjax.ecc import get_code
+from qrjax.metrics import psnr, ssim
 from qrjax.watermark import WatermarkModel, attacks, detect, embed, extract, get_config, load_pretrained
-from qrjax.watermark.embed import psnr
 from qrjax.watermark.model import init_variables
 from qrjax.watermark.train import load_model
 
@@ -54,10 +53,6 @@ ABLATION_ATTACKS = ("none", "jpeg80", "crop50", "blur2", "resize50")
 def eval_images(n: int, size: int, seed: int = 2024) -> np.ndarray:
     src = bundled_source("val", area=(0.15, 1.0))
     return src.sample(np.random.default_rng(seed), size, n)
-
-
-def ssim(a, b) -> np.ndarray:
-    return np.array([structural_similarity(x, y, channel_axis=2, data_range=255) for x, y in zip(a, b)])
 
 
 def attacked(name: str, marked: np.ndarray) -> np.ndarray:
@@ -108,7 +103,8 @@ def run(args) -> dict:
             marked_cache[cache_key] = embed(model, images, keys, refine_steps=refine)
         marked = marked_cache[cache_key]
         p = np.asarray(psnr(images, marked, 255.0))
-        quality[row] = {"psnr": float(p.mean()), "psnr_min": float(p.min()), "ssim": float(np.mean(ssim(images, marked)))}
+        quality[row] = {"psnr": float(p.mean()), "psnr_min": float(p.min()),
+                        "ssim": float(np.mean(ssim(images, marked, 255.0)))}
         table[row] = {}
         for i, name in enumerate(attacks.EVAL_ATTACKS):
             logits = extract(model, attacked(name, marked), key=jax.random.key(100 + i))

@@ -6,8 +6,10 @@
 
 Writes experiments/results/supergen_tiling.{json,md,png} and supergen_examples.png. Every stage-2 comparison starts
 from the same stage-1 sketch and the same re-noise (SuperGen pre-saves its sketches), so differences are the
-tiling's, the cache's or the devices'. Times are medians after a warm-up run that compiles every program; model
-FLOPs are XLA's count for one model call times the calls made.
+tiling's, the cache's or the devices'. Timing is `qrjax.bench.interleaved`: a warm-up call of every variant compiles
+its programs, then the variants run once each per round; times are SuperGen's own stage-2 seconds (compilation and the
+sketch left out), medians over the rounds, and speedups the median over rounds of the per-round ratio. Model FLOPs are
+XLA's count for one model call times the calls made.
 
 1. Memory and time per scale: native-size generation (stage 1 alone, the 1x reference) against stage 2 untiled
    (the whole canvas through the DiT) and tiled (SuperGen's shifted tiles, `max_batch` tiles per model call).
@@ -26,7 +28,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -37,8 +39,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from qrjax import bench  # noqa: E402
 from qrjax.diffusion import supergen as sg  # noqa: E402
 from qrjax.diffusion.config import SuperGenConfig  # noqa: E402
-from qrjax.diffusion.metrics import psnr, seam_ratio, ssim  # noqa: E402
 from qrjax.diffusion.sampler import sample, velocity_fn  # noqa: E402
+from qrjax.metrics import psnr, seam_ratio, ssim  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -94,18 +96,7 @@ def class_accuracy(model, base, per_class: int) -> dict:
 def model_flops(model, shape) -> float:
     """XLA FLOPs of one model call on a [1, *shape] latent."""
     v = velocity_fn(model.config, model.params, jnp.zeros((1,), jnp.int32) if model.config.num_classes else None)
-    return sg.program_flops(jax.jit(v).lower(jnp.zeros((1, *shape)), jnp.float32(0.5)).compile())
-
-
-def warm_runs(fn, repeats: int) -> list:
-    """Results of `repeats` calls after one warm-up call that compiles everything (each carries its own timing)."""
-    fn()
-    return [fn() for _ in range(repeats)]
-
-
-def median_stage2(runs) -> float:
-    """Median stage-2 seconds (compilation excluded) of (image, stats) results."""
-    return statistics.median(stats.stage2_seconds for _, stats in runs)
+    return bench.program_flops(jax.jit(v).lower(jnp.zeros((1, *shape)), jnp.float32(0.5)).compile())
 
 
 def main(argv=None) -> int:
@@ -148,6 +139,9 @@ def main(argv=None) -> int:
                                  progress=False, sketch_latent=sketch_latent)
         return img, stats
 
+    def stage2_seconds(out) -> float:  # of run's (image, stats): stage 2 without compilation or the sketch
+        return out[1].stage2_seconds
+
     # 1. memory and time ------------------------------------------------------------------------------------------
     label0 = labels[0]
     lab = jnp.asarray([label0], jnp.int32) if mc.num_classes else None
@@ -156,8 +150,8 @@ def main(argv=None) -> int:
     native_compiled = native_fn.lower(model.params, jax.random.key(0)).compile()
     bench.block(native_compiled(model.params, jax.random.key(0)))  # warm-up
     native_seconds = bench.seconds(native_compiled, model.params, jax.random.key(0), repeats=args.repeats)
-    native_bytes = sg.program_bytes(native_compiled)
-    native_temp = sg.program_bytes(native_compiled, temp_only=True)
+    native_bytes = bench.program_bytes(native_compiled)
+    native_temp = bench.program_bytes(native_compiled, temp_only=True)
     tile_flops = model_flops(model, (s, s, mc.channels))
     steps2 = args.steps - args.restart
     memory_rows = [{"scale": 1, "variant": "native (stage 1)", "tokens_per_call": (s // mc.patch) ** 2,
@@ -167,12 +161,13 @@ def main(argv=None) -> int:
     sketch0 = sketch_for(0, label0)
     images = {"sketch": sg.to_uint8(model, sketch0)[0]}
     for scale in tqdm(args.scales, desc="memory/time"):
-        variants = [("untiled", base.replace(tiling="none"))] + \
-            [(f"tiled, {b} tile(s)/call", base.replace(max_batch=b)) for b in args.max_batch] + \
-            [("tiled + cache, 1 tile/call", base.replace(cache_threshold=0.4))]
-        for name, cfg in variants:
-            runs = warm_runs(lambda: run(cfg, scale, sketch_latent=sketch0), args.repeats)
-            img, stats = runs[-1]
+        variants = dict([("untiled", base.replace(tiling="none"))] +
+                        [(f"tiled, {b} tile(s)/call", base.replace(max_batch=b)) for b in args.max_batch] +
+                        [("tiled + cache, 1 tile/call", base.replace(cache_threshold=0.4))])
+        timed = bench.interleaved({name: partial(run, cfg, scale, sketch_latent=sketch0)
+                                   for name, cfg in variants.items()}, rounds=args.repeats, seconds=stage2_seconds)
+        for name, cfg in variants.items():
+            img, stats = timed.results[name]
             calls = 1 if cfg.tiling == "none" else scale * scale
             flops = model_flops(model, (scale * s, scale * s, mc.channels)) if cfg.tiling == "none" else tile_flops
             tokens = (scale * s // mc.patch) ** 2 if cfg.tiling == "none" else \
@@ -180,7 +175,7 @@ def main(argv=None) -> int:
             memory_rows.append({"scale": scale, "variant": name, "tokens_per_call": tokens,
                                 "peak_bytes": stats.peak_bytes, "peak_vs_native": stats.peak_bytes / native_bytes,
                                 "temp_bytes": stats.peak_temp_bytes, "temp_vs_native": stats.peak_temp_bytes / native_temp,
-                                "ms_per_step": 1e3 * median_stage2(runs) / steps2,
+                                "ms_per_step": 1e3 * timed.median(name) / steps2,
                                 "model_gflop": flops * calls * steps2 / 1e9})
             images[f"{scale}x {name}"] = img
     payload["memory"] = memory_rows
@@ -214,22 +209,18 @@ def main(argv=None) -> int:
                 for thr in args.thresholds]
     per = {k: [] for k in settings}
     for seed, lb, sk in tqdm(sketches, desc="cache sweep (images)"):
-        times = {k: [] for k in settings}
-        last = {}
-        for rnd in range(1 + args.sweep_rounds):
-            for alpha, thr in settings:
-                out = run(base.replace(cache_threshold=thr, region_alpha=alpha), top, seed, lb, sketch_latent=sk)
-                if rnd:
-                    times[(alpha, thr)].append(out[1].stage2_seconds)
-                last[(alpha, thr)] = out
+        fns = {(alpha, thr): partial(run, base.replace(cache_threshold=thr, region_alpha=alpha), top, seed, lb,
+                                     sketch_latent=sk) for alpha, thr in settings}
+        timed = bench.interleaved(fns, rounds=args.sweep_rounds, seconds=stage2_seconds)
         for alpha, thr in settings:
-            img, stats = last[(alpha, thr)]
-            ref_img = last[(alpha, 0.0)][0]
+            img, stats = timed.results[(alpha, thr)]
+            ref_img = timed.results[(alpha, 0.0)][0]
             per[(alpha, thr)].append({
-                "seconds": statistics.median(times[(alpha, thr)]),
-                "speedup_time": statistics.median(times[(alpha, 0.0)]) / statistics.median(times[(alpha, thr)]),
+                "seconds": timed.median((alpha, thr)),
+                "speedup_time": timed.ratio((alpha, 0.0), (alpha, thr)),
                 "calls": stats.model_calls - stats.stage1_calls, "executed": stats.executed_tile_forwards,
-                "skip_rate": stats.skip_rate, "psnr": psnr(img, ref_img), "ssim": ssim(img, ref_img)})
+                "skip_rate": stats.skip_rate, "psnr": float(psnr(img, ref_img, 255.0)),
+                "ssim": float(ssim(img, ref_img, 255.0))})
             if seed == 0 and thr > 0:
                 images[f"{top}x cache {thr:g} (a={alpha:g})"] = img
     sweep = []
@@ -258,10 +249,11 @@ def main(argv=None) -> int:
         for d in tqdm(args.devices, desc=f"devices (cache {thr:g})"):
             cfg = base.replace(cache_threshold=thr)
             try:
-                runs = warm_runs(lambda: sg.generate(
+                timed = bench.interleaved({d: lambda: sg.generate(
                     model, cfg, scale=top, label=label0, key=jax.random.key(0), devices=d, progress=False,
-                    sketch_latent=sketch0, return_latent=True)[1:], args.repeats)
-                stats, latent = runs[-1]
+                    sketch_latent=sketch0, return_latent=True)[1:]}, rounds=args.repeats,
+                                          seconds=lambda out: out[0].stage2_seconds)
+                stats, latent = timed.results[d]
             except ValueError as err:
                 par.append({"devices": d, "cache_threshold": thr, "error": str(err)})
                 continue
@@ -269,7 +261,7 @@ def main(argv=None) -> int:
             one = latent if one is None else one
             canvas_bytes = latent.size * 4
             par.append({"devices": d, "cache_threshold": thr, "mesh": list(stats.mesh_shape),
-                        "stage2_seconds": statistics.median(r[0].stage2_seconds for r in runs),
+                        "stage2_seconds": timed.median(d),
                         "executed_tile_forwards": stats.executed_tile_forwards, "max_abs_diff_vs_1": float(np.abs(latent - one).max()),
                         "bit_identical": bool(np.array_equal(latent, one)),
                         "latent_bytes_per_step": stats.latent_bytes_exchanged_per_step,
@@ -313,7 +305,8 @@ def write(payload, images, out: Path, top: int):
                                [[r["variant"], r["seam_ratio_own_borders"], r["own_border_period_px"],
                                  r["seam_ratio_fixed_grid"]] for r in payload["seams"]]),
           f"\n## Cache sweep at {top}x ({len(payload['labels'])} images; PSNR/SSIM against the uncached output; "
-          f"time speedup: per image the median over interleaved rounds, then the median over images)\n",
+          f"time speedup: per image the median over interleaved rounds of the per-round ratio, then the median "
+          f"over images)\n",
           bench.markdown_table(["threshold", "alpha", "model calls", "speedup (calls)", "speedup (tiles run)",
                                 "stage-2 seconds", "speedup (time)", "skip rate", "PSNR mean", "PSNR min",
                                 "SSIM mean"],

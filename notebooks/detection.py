@@ -21,14 +21,13 @@
 
 # %%
 import tempfile
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from qrjax import tiling
+from qrjax import bench, tiling
 from qrjax.data import bundled_source
 from qrjax.ecc import get_code
 from qrjax.watermark import detect, embed, extract, load_pretrained
@@ -111,19 +110,21 @@ print(f"pipeline == plain call on {agree}/{len(ok_records)} images")
 
 # %%
 baseline = FullImageDetector(baseline_model, decision)
-list(baseline.run(paths[:4], 16)), list(detector.run(paths[:4], plan))  # compile both first
-timings = {}
-for name, fn in (("baseline", lambda: list(baseline.run(paths, 16))), ("system", lambda: list(detector.run(paths, plan)))):
-    t = time.perf_counter()
-    recs = fn()
-    timings[name] = len(paths) / (time.perf_counter() - t)
+# warm-up (compiles) on 4 files, then 3 rounds of baseline, system over every file; the records hold no jax arrays
+timed = bench.interleaved({"baseline": lambda: list(baseline.run(paths, 16)),
+                           "system": lambda: list(detector.run(paths, plan))}, rounds=3,
+                          warmup_fns={"baseline": lambda: list(baseline.run(paths[:4], 16)),
+                                      "system": lambda: list(detector.run(paths[:4], plan))},
+                          host={"baseline", "system"})
+timings = {name: len(paths) / timed.median(name) for name in ("baseline", "system")}
+for name, recs in timed.results.items():
     truth = ["marked" in Path(r["path"]).name for r in recs if r["status"] == "ok"]
     found = [r["detected"] for r in recs if r["status"] == "ok"]
     tpr = np.mean([f for f, t in zip(found, truth) if t])
     fpr = np.mean([f for f, t in zip(found, truth) if not t])
     print(f"{name:9s} {timings[name]:7.1f} images/s  TPR {tpr:.2f}  FPR {fpr:.2f}")
-print(f"speedup {timings['system'] / timings['baseline']:.1f}x (one small run; experiments/qrmark_throughput.py "
-      f"measures it properly)")
+print(f"speedup {timed.ratio('baseline', 'system'):.1f}x (median of 3 interleaved rounds on a small folder; "
+      f"experiments/qrmark_throughput.py measures it properly)")
 
 fig, ax = plt.subplots(figsize=(4, 3))
 ax.bar(list(timings), list(timings.values()), color=["C1", "C0"])

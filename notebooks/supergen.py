@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from qrjax.diffusion import load_pretrained  # noqa: E402
 from qrjax.diffusion import supergen as sg  # noqa: E402
 from qrjax.diffusion.config import SuperGenConfig  # noqa: E402
-from qrjax.diffusion.metrics import psnr, seam_ratio  # noqa: E402
+from qrjax.metrics import psnr, seam_ratio  # noqa: E402
 
 model = load_pretrained("cpu")
 print(model.config.name, "DiT:", model.config.dim, "wide,", model.config.depth, "blocks; native",
@@ -107,7 +107,7 @@ for thr in (0.0, 0.3, 0.5, 0.8):
                           sketch_latent=sketch, progress=False)
     rows.append((thr, st, img))
     print(f"threshold {thr:4.2f}: skipped {st.tiles_skipped:3d}/{st.stage2_tiles} tiles, "
-          f"PSNR vs uncached {psnr(img, rows[0][2]):6.2f} dB, per step {st.skips_per_step}")
+          f"PSNR vs uncached {float(psnr(img, rows[0][2], 255.0)):6.2f} dB, per step {st.skips_per_step}")
 fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4))
 for ax, (thr, st, img) in zip(axes, rows):
     ax.imshow(img)

@@ -26,8 +26,8 @@ import numpy as np
 from qrjax import tiling
 from qrjax.data import bundled_images
 from qrjax.ecc import get_code
+from qrjax.metrics import psnr
 from qrjax.watermark import attacks, detect, embed, extract, load_pretrained
-from qrjax.watermark.embed import psnr
 
 model = load_pretrained("cpu")
 code = get_code("qrmark-bch")
@@ -45,7 +45,7 @@ payload = np.array([int(b) for b in format(0xC0FFEE11, "032b")], np.uint8)
 bits = np.asarray(code.encode(payload[None]))[0]
 marked = embed(model, images, bits)
 for name, src, dst in zip(("grace_hopper", "coffee crop"), images, marked):
-    print(f"{name:13s} {src.shape} PSNR {float(psnr(src[None], dst[None], 255.0)[0]):.1f} dB")
+    print(f"{name:13s} {src.shape} PSNR {float(psnr(src, dst, 255.0)):.1f} dB")
 
 # %% [markdown]
 # ## Attack, extract one tile, decode
@@ -73,7 +73,7 @@ for steps in (0, 20):
     refined = embed(model, [images[1]], bits, refine_steps=steps)[0]
     cells = np.asarray(tiling.extract_grid(refined[None], tiling.grid(256, 256, 64)))[0]
     right = (extract(model, cells, placement="fixed") > 0) == bits
-    print(f"refine_steps={steps:2d}  PSNR {float(psnr(images[1][None], refined[None], 255.0)[0]):.1f} dB  "
+    print(f"refine_steps={steps:2d}  PSNR {float(psnr(images[1], refined, 255.0)):.1f} dB  "
           f"bit accuracy over {len(cells)} tiles {right.mean():.4f}")
 
 # %% [markdown]

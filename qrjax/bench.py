@@ -1,11 +1,16 @@
-"""Benchmark plumbing shared by every script in experiments/: machine facts, timing, JSON + Markdown output.
+"""Benchmark plumbing shared by every script in experiments/: machine facts, timing, XLA program accounting, JSON +
+Markdown output.
 
-Timing follows the project's rules: a warm-up call measured apart as compile time, `block_until_ready` on every
-result, A and B interleaved round by round, and medians quoted.
+Timing follows the project's rules, and `interleaved` implements them: a warm-up call of every variant measured apart
+(compile + first run), `block_until_ready` on every result, the variants A, B, C, ... run once each per round so that
+drifts of the machine (other processes, clocks, caches) hit them alike, and medians quoted; a ratio between two
+variants is the median over rounds of the per-round ratio, not a ratio of medians. `program_bytes` and
+`program_flops` read XLA's own accounting of a compiled program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -13,10 +18,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import jax
+
+T = TypeVar("T")
 
 
 def machine_info() -> dict:
@@ -54,6 +62,134 @@ def seconds(fn: Callable, *args, repeats: int = 1) -> float:
         block(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings(Generic[T]):
+    """What `interleaved` measured. Variant names keep the order of the mapping given to it.
+
+    seconds: per variant, one time per round (round order).
+    warmup_seconds: per variant, the wall time of each warm-up call; the first is trace + compile + one run.
+    results: per variant, the result of its call in the last round.
+    order: every timed call's variant name, in the order the calls ran (rounds x variants)."""
+
+    seconds: dict[Hashable, list[float]]
+    warmup_seconds: dict[Hashable, list[float]]
+    results: dict[Hashable, T]
+    order: tuple[Hashable, ...]
+
+    @property
+    def rounds(self) -> int:
+        return len(next(iter(self.seconds.values())))
+
+    @property
+    def first_call_seconds(self) -> dict[Hashable, float]:
+        """Per variant, the first warm-up call's seconds (compile + one run; nan without warm-up)."""
+        return {k: (v[0] if v else float("nan")) for k, v in self.warmup_seconds.items()}
+
+    def median(self, name: Hashable) -> float:
+        """Median seconds of `name` over the rounds."""
+        return statistics.median(self.seconds[name])
+
+    @property
+    def medians(self) -> dict[Hashable, float]:
+        return {k: self.median(k) for k in self.seconds}
+
+    def round_ratios(self, a: Hashable, b: Hashable) -> list[float]:
+        """seconds[a] / seconds[b] of each round: how many times longer a took than b in that round."""
+        return [ta / tb for ta, tb in zip(self.seconds[a], self.seconds[b])]
+
+    def ratio(self, a: Hashable, b: Hashable) -> float:
+        """Median over rounds of seconds[a] / seconds[b]; with a the reference (baseline), the speedup of b."""
+        return statistics.median(self.round_ratios(a, b))
+
+    def speedups(self, reference: Hashable) -> dict[Hashable, float]:
+        """Per variant v, `ratio(reference, v)`: the median over rounds of the per-round speedup of v over the
+        reference (1.0 for the reference itself)."""
+        return {k: self.ratio(reference, k) for k in self.seconds}
+
+
+def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup: int = 1,
+                warmup_fns: Mapping[Hashable, Callable[[], Any]] | None = None,
+                seconds: Callable[[T], float] | None = None, host: Collection[Hashable] = (),
+                progress: bool | str = False, clock: Callable[[], float] = time.perf_counter) -> Timings[T]:
+    """Time variants A, B, C, ... (the callables of `fns`, no arguments) interleaved round by round.
+
+    First `warmup` warm-up rounds call every variant once each (in the mapping's order), each call's wall time kept
+    apart in `Timings.warmup_seconds` (the first one is the compile / first-call time); `warmup_fns[name]`, where
+    given, replaces fns[name] for the warm-up calls (e.g. a run on a few inputs that compiles every shape the timed
+    run uses). Then `rounds` rounds call A, B, C, ... once each in that order. Every result goes through
+    `block_until_ready` (every jax array in its pytree) before the clock stops.
+
+    host: variants whose results hold no jax arrays (e.g. a peer library's decoded words as Python lists): their
+        results are not walked for arrays (the walk is timed with the call, and takes time in proportion to the
+        result's leaves: a noticeable part of the call for tens of thousands of them).
+    seconds: where a result carries its own timing (e.g. SuperGen's stage-2 seconds, which leave compilation and
+        the sketch out), a function of the result that returns it; the timed rounds then use it instead of the
+        wall time of the call. Warm-up times are always wall times.
+    progress: show a tqdm bar over the timed rounds (on stderr); a string is the bar's description.
+    clock: the timer (tests pass a fake one).
+    Returns a `Timings`: per-round seconds, medians, ratios as medians of per-round ratios, and the last round's
+    results."""
+    if rounds < 1:
+        raise ValueError(f"interleaved: rounds must be at least 1, got {rounds}")
+    if warmup < 0:
+        raise ValueError(f"interleaved: warmup must be >= 0, got {warmup}")
+    if not fns:
+        raise ValueError("interleaved: no variants to time")
+    unknown = set(warmup_fns or {}) - set(fns)
+    if unknown:
+        raise ValueError(f"interleaved: warmup_fns names variants that fns lacks: {sorted(map(str, unknown))}")
+    names = list(fns)
+    warm = {k: [] for k in names}
+    for _ in range(warmup):
+        for k in names:
+            fn = (warmup_fns or {}).get(k, fns[k])
+            start = clock()
+            out = fn()
+            if k not in host:
+                block(out)
+            warm[k].append(clock() - start)
+    times: dict[Hashable, list[float]] = {k: [] for k in names}
+    results: dict[Hashable, T] = {}
+    order = []
+    steps = range(rounds)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=progress if isinstance(progress, str) else "timing rounds", leave=False)
+    for _ in steps:
+        for k in names:
+            start = clock()
+            out = fns[k]()
+            if k not in host:
+                block(out)
+            elapsed = clock() - start
+            times[k].append(float(seconds(out)) if seconds is not None else elapsed)
+            results[k] = out
+            order.append(k)
+    return Timings(times, warm, results, tuple(order))
+
+
+def program_bytes(compiled, temp_only: bool = False) -> int:
+    """Peak device bytes XLA accounts for a compiled program (`jax.jit(f).lower(...).compile()`): arguments
+    (weights included) + outputs + temporaries - aliased (donated) buffers; temp_only: the temporaries alone
+    (activations and scratch). 0 when the backend does not report a memory analysis."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return 0
+    if temp_only:
+        return int(m.temp_size_in_bytes)
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def program_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program (0 when the backend does not report one); a [M, K] @ [K, N] matmul
+    counts 2 M N K. Loop bodies (lax.map, fori_loop) are counted once, not per trip: use it on straight-line
+    programs such as one model call."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", 0.0))
 
 
 def write_results(out_dir: str | Path, name: str, payload: dict, markdown: str) -> tuple[Path, Path]:

@@ -52,7 +52,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from qrjax import tiling
+from qrjax import bench, tiling
 from qrjax.diffusion.config import DiTConfig, SuperGenConfig
 from qrjax.diffusion.sampler import renoise, sample, schedule, velocity_fn
 from qrjax.diffusion.train import DiffusionModel
@@ -392,8 +392,8 @@ class Stage2:
             start = time.perf_counter()
             compiled = jax.jit(make(), donate_argnums=donate).lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
-            self.compiled_bytes[name] = program_bytes(compiled)
-            self.compiled_temp_bytes[name] = program_bytes(compiled, temp_only=True)
+            self.compiled_bytes[name] = bench.program_bytes(compiled)
+            self.compiled_temp_bytes[name] = bench.program_bytes(compiled, temp_only=True)
             self._programs[name] = compiled
         return self._programs[name]
 
@@ -440,25 +440,6 @@ def stage2_programs(config: DiTConfig, cfg: SuperGenConfig, layout: Layout, fram
     """Stage-2 programs shared by every generation with the same model, geometry and program settings (compiled
     once; thresholds, alpha and the schedule are runtime arguments)."""
     return _stage2(config, _program_key(cfg), layout, frames)
-
-
-def program_bytes(compiled, temp_only: bool = False) -> int:
-    """Peak device bytes XLA accounts for a compiled program: arguments (weights included) + outputs + temporaries -
-    aliased (donated) buffers; temp_only: the temporaries alone (activations and scratch)."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return 0
-    if temp_only:
-        return int(m.temp_size_in_bytes)
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
-
-
-def program_flops(compiled) -> float:
-    """XLA's FLOP count of a compiled program (0 when the backend does not report one). Loop bodies (lax.map,
-    fori_loop) are counted once, not per trip: use it on straight-line programs such as one model call."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float((cost or {}).get("flops", 0.0))
 
 
 def _bucket(count: int, n: int) -> int:

@@ -7,15 +7,15 @@ Variants (each reads the same files and produces one record per file):
   system          the overlapped pipeline on the adaptive plan (warm-up + QRMark's greedy allocation)
   decode_bound    the same files read and fully decoded by a pool of `budget` threads, and nothing else
   reader_bound    the system's own reader alone (reduced-scale, stop-early decoding of the tile's rows)
-Every variant is warmed up (compiles excluded), then the variants are run round-robin `repeats` times and the median
-images/s of each is reported with the ratios to the baseline.
+Timing is `qrjax.bench.interleaved`: every variant is warmed up on a few files (compiles excluded), then the variants
+run round-robin `repeats` times over all files; images/s is the median over rounds, and each ratio (speedup over the
+baseline, fraction of a bound) is the median over rounds of that round's ratio.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qrjax import bench
 from qrjax.data.decode import ImageReadError, decode
 
 VARIANTS = ("baseline", "tiled", "tiled+overlap", "system", "decode_bound", "reader_bound")
@@ -97,7 +98,14 @@ def _decode_all(paths: Sequence[str], workers: int, reader: Callable[[str], obje
 
 def throughput(paths: Sequence[str], tile_detector, full_detector, *, budget: int | None = None, batch: int = 64,
                repeats: int = 3, variants: Sequence[str] = VARIANTS, verbose: bool = False) -> dict:
-    """images/s of each variant on `paths` (median of `repeats` interleaved rounds), the plans, and the ratios."""
+    """images/s of each variant on `paths`, the plans, and the ratios, from `repeats` interleaved rounds.
+
+    Returns {"images", "repeats", "budget", "batch", "warmup_seconds" (the allocator's warm-up),
+    "warmup_call_seconds" {variant: s} (each variant's warm-up run on the first 2 * batch files, compiles included),
+    "plan_adaptive", "plan_even", "images_per_s" {variant: len(paths) / median seconds}, "seconds" {variant: [s per
+    round]}, "speedup_vs_baseline" {variant: median over rounds of baseline seconds / variant seconds},
+    "system_fraction_of_decode_bound" and "system_fraction_of_reader_bound" (medians of per-round ratios)}; ratios
+    only where the variants they need were run."""
     budget = budget or max(3, (os.cpu_count() or 1) + 1)
     paths = list(paths)
     start = time.perf_counter()
@@ -117,27 +125,30 @@ def throughput(paths: Sequence[str], tile_detector, full_detector, *, budget: in
         "decode_bound": lambda ps: _decode_all(ps, budget, decode),
         "reader_bound": lambda ps: _decode_all(ps, budget, lambda p: tile_detector.read(0, p)),
     }
-    chosen = [v for v in VARIANTS if v in variants]
-    for v in chosen:  # warm-up: compile every shape each variant uses
-        runs[v](paths[: min(len(paths), 2 * batch)])
-    times: dict[str, list[float]] = {v: [] for v in chosen}
-    for _ in range(repeats):
-        for v in chosen:
-            t0 = time.perf_counter()
+
+    def timed(v):
+        def call():
             count = runs[v](paths)
-            times[v].append(time.perf_counter() - t0)
             if v not in ("decode_bound", "reader_bound") and count != len(paths):
                 raise RuntimeError(f"{v}: {count} records for {len(paths)} inputs")
-    ips = {v: len(paths) / statistics.median(t) for v, t in times.items()}
+            return count
+
+        return call
+
+    chosen = [v for v in VARIANTS if v in variants]
+    few = paths[: min(len(paths), 2 * batch)]  # the warm-up compiles every shape each variant uses
+    t = bench.interleaved({v: timed(v) for v in chosen}, rounds=repeats,
+                          warmup_fns={v: (lambda v=v: runs[v](few)) for v in chosen})
+    ips = {v: len(paths) / t.median(v) for v in chosen}
     out = {"images": len(paths), "repeats": repeats, "budget": budget, "batch": batch, "warmup_seconds": warmup_s,
+           "warmup_call_seconds": t.first_call_seconds,
            "plan_adaptive": {"workers": adaptive.workers, "batch": adaptive.batch, "costs_ms": [
                c * 1e3 for c in adaptive.costs]},
            "plan_even": {"workers": even.workers, "batch": even.batch},
-           "images_per_s": ips, "seconds": times}
+           "images_per_s": ips, "seconds": t.seconds}
     if "baseline" in ips:
-        out["speedup_vs_baseline"] = {v: ips[v] / ips["baseline"] for v in ips}
-    if "system" in ips and "decode_bound" in ips:
-        out["system_fraction_of_decode_bound"] = ips["system"] / ips["decode_bound"]
-    if "system" in ips and "reader_bound" in ips:
-        out["system_fraction_of_reader_bound"] = ips["system"] / ips["reader_bound"]
+        out["speedup_vs_baseline"] = t.speedups("baseline")
+    for bound in ("decode_bound", "reader_bound"):
+        if "system" in ips and bound in ips:
+            out[f"system_fraction_of_{bound}"] = t.ratio(bound, "system")
     return out

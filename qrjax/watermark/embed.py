@@ -59,13 +59,6 @@ def read_logits(config: WatermarkConfig, ext_vars, x: jax.Array, whitening=None)
     return logits
 
 
-def psnr(x, y, peak: float = 1.0) -> jax.Array:
-    """Per-image PSNR in dB, f32[B], of two image batches [B, H, W, C] (peak 1.0 for [0, 1], 255.0 for uint8)."""
-    d = jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32)
-    mse = jnp.mean(jnp.square(d), axis=(1, 2, 3))
-    return 10.0 * jnp.log10(peak**2 / jnp.maximum(mse, 1e-12 * peak**2))
-
-
 def quantize(x: jax.Array) -> jax.Array:
     """[0, 1] float -> the nearest uint8 level (straight-through gradient), still float in [0, 1]."""
     y = jnp.clip(x, 0.0, 1.0) * 255.0

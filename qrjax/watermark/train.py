@@ -22,9 +22,10 @@ import optax
 from qrjax import train as trainer
 from qrjax.data import image_source
 from qrjax.ecc import get_code
+from qrjax.metrics import psnr
 from qrjax.watermark import attacks, detect, losses
 from qrjax.watermark.config import WatermarkConfig
-from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, psnr, quantize
+from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, quantize
 from qrjax.watermark.model import init_variables
 
 # Area fraction of the source image a training crop covers: whole-image-sized crops for the full-image baseline,
@@ -109,7 +110,7 @@ def loss_fn(params, batch_stats, config: WatermarkConfig, attack, images_u8, bit
     loss = config.lambda_bits * l_bits + config.lambda_image * l_img
     metrics = {"loss": loss, "bit_loss": l_bits, "image_loss": l_img,
                "bit_acc": jnp.mean((logits > 0) == (bits > 0)),
-               "psnr": jnp.mean(psnr(x, xw))}
+               "psnr": jnp.mean(psnr(x, xw, 1.0))}
     if config.lambda_ecc:
         code = get_code(config.ecc_code)
         l_ecc = losses.ecc_loss(logits, bits, code.code.symbol_bits, code.code.t)
@@ -156,7 +157,7 @@ def _eval_batch(config, variables, images_u8, bits):
     x = images_u8.astype(jnp.float32) / 255.0
     res, _ = encoder_residual(config, variables["encoder"], x, bits)
     xw = quantize(x + res)
-    out = {"psnr": jnp.mean(psnr(x, xw))}
+    out = {"psnr": jnp.mean(psnr(x, xw, 1.0))}
     for name, xa in (("none", xw), ("jpeg80", attacks.jpeg(xw, 80)), ("jpeg50", attacks.jpeg(xw, 50))):
         logits, _ = extractor_logits(config, variables["extractor"], xa, whitening=variables.get("whitening"))
         out[f"bit_acc_{name}"] = jnp.mean((logits > 0) == (bits > 0))

@@ -35,10 +35,9 @@ from tqdm.auto import tqdm
 from qrjax import bench, tiling
 from qrjax.data import bundled_source
 from qrjax.ecc import get_code
-from qrjax.watermark import WatermarkModel, attacks, detect, embed, extract, get_config, load_pretrained
+from qrjax.watermark import WatermarkModel, attacks, detect, embed, extract, get_config, load_model, load_pretrained
 from qrjax.watermark.embed import psnr
 from qrjax.watermark.model import init_variables
-from qrjax.watermark.train import load_model
 
 FPR = 1e-6
 ROWS = {

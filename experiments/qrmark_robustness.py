@@ -35,9 +35,8 @@ from qrjax import bench, tiling
 from qrjax.data import bundled_source
 from qrjax.ecc import get_code
 from qrjax.metrics import psnr, ssim
-from qrjax.watermark import WatermarkModel, attacks, detect, embed, extract, get_config, load_pretrained
+from qrjax.watermark import WatermarkModel, attacks, detect, embed, extract, get_config, load_model, load_pretrained
 from qrjax.watermark.model import init_variables
-from qrjax.watermark.train import load_model
 
 FPR = 1e-6
 ROWS = {

@@ -46,9 +46,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def load(spec: str):
-    from qrjax.diffusion.train import PRETRAINED, load_model, load_pretrained
+    """A shipped model's name or a model's stem/.json/.msgpack path (the CLIs' --model rule)."""
+    from qrjax.diffusion.export import resolve_model
 
-    return load_pretrained(spec) if spec in PRETRAINED else load_model(Path(spec).with_suffix(""))
+    return resolve_model(spec)
 
 
 def colour_features(images: np.ndarray) -> np.ndarray:

@@ -93,7 +93,7 @@ def test_supergen_tiling_smoke(tmp_path):
     from qrjax.diffusion.autoencoder import pixel_autoencoder
     from qrjax.diffusion.config import get_config
     from qrjax.diffusion.model import init_params
-    from qrjax.diffusion.train import DiffusionModel, save_model
+    from qrjax.diffusion import DiffusionModel, save_model
 
     config = get_config("tiny", ["autoencoder=pixel", "image_size=8"])
     rng = np.random.default_rng(0)

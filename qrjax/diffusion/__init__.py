@@ -7,9 +7,20 @@ per-tile cache, and tile parallelism over devices.
 """
 
 from qrjax.diffusion.config import PRESETS, DiTConfig, SuperGenConfig, get_config, get_supergen_config
+from qrjax.diffusion.export import PRETRAINED, load_model, load_pretrained, save_model
+from qrjax.diffusion.model import DiffusionModel
 from qrjax.diffusion.supergen import GenerationStats, generate, sketch, upsample
-from qrjax.diffusion.train import DiffusionModel, load_model, load_pretrained, save_model, train_and_evaluate
 
-__all__ = ["PRESETS", "DiTConfig", "DiffusionModel", "GenerationStats", "SuperGenConfig", "generate",
+
+def __getattr__(name: str):
+    # training (orbax, optax, the loop) is imported only when asked for, so inference never loads it
+    if name == "train_and_evaluate":
+        from qrjax.diffusion.train import train_and_evaluate
+
+        return train_and_evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["PRESETS", "PRETRAINED", "DiTConfig", "DiffusionModel", "GenerationStats", "SuperGenConfig", "generate",
            "get_config", "get_supergen_config", "load_model", "load_pretrained", "save_model", "sketch",
            "train_and_evaluate", "upsample"]

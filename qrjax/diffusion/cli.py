@@ -10,10 +10,10 @@ from qrjax import console
 
 
 def _model(spec: str):
-    from qrjax.diffusion.train import PRETRAINED, load_model, load_pretrained
+    from qrjax.diffusion.export import resolve_model
 
     try:
-        return load_pretrained(spec) if spec in PRETRAINED else load_model(Path(spec).with_suffix(""))
+        return resolve_model(spec)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"qrjax diffusion: --model {spec}: {err}") from None
 

@@ -7,17 +7,21 @@
 Positions enter only through rotary embeddings over (frame, row, column), which are relative: the same weights read
 any H x W (any number of tokens), which is what lets SuperGen run them on tiles of a larger canvas. Attention goes
 through the Pallas flash kernel on GPU (config.attention = "auto") and XLA's fused attention elsewhere.
+
+`DiffusionModel` is a trained generator as inference uses it: config, DiT parameters, autoencoder, class names.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qrjax.diffusion.autoencoder import Autoencoder
 from qrjax.diffusion.config import DiTConfig
 
 
@@ -134,3 +138,25 @@ def init_params(config: DiTConfig, key: jax.Array) -> dict:
     s = config.latent_size
     shape = (1, config.frames, s, s, config.channels) if config.frames > 1 else (1, s, s, config.channels)
     return DiT(config).init(key, jnp.zeros(shape), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+
+
+class DiffusionModel(NamedTuple):
+    """A trained generator: config, DiT parameters (the EMA), the autoencoder, and the class names."""
+
+    config: DiTConfig
+    params: dict
+    autoencoder: Autoencoder
+    class_names: tuple[str, ...] = ()
+
+    def label(self, name_or_index: str | int) -> int:
+        """A class index from a name (a training photograph) or index; the null class for 'none'."""
+        if isinstance(name_or_index, str) and not name_or_index.lstrip("-").isdigit():
+            if name_or_index == "none":
+                return self.config.null_class
+            if name_or_index not in self.class_names:
+                raise ValueError(f"unknown class {name_or_index!r}; choose from {list(self.class_names)} or none")
+            return self.class_names.index(name_or_index)
+        i = int(name_or_index)
+        if not 0 <= i <= self.config.null_class:
+            raise ValueError(f"class index {i} is outside 0..{self.config.null_class} (the last is unconditional)")
+        return i

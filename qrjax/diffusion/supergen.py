@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 
 from qrjax import bench, tiling
 from qrjax.diffusion.config import DiTConfig, SuperGenConfig
+from qrjax.diffusion.model import DiffusionModel
 from qrjax.diffusion.sampler import renoise, sample, schedule, velocity_fn
-from qrjax.diffusion.train import DiffusionModel
 from qrjax.parallel import make_mesh
 
 TILINGS = ("shifted", "blended", "none")

@@ -10,12 +10,9 @@ run replays the batches of an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import flax.serialization
 import jax
@@ -27,33 +24,11 @@ from qrjax import train as trainer
 from qrjax.data import image_source
 from qrjax.diffusion.autoencoder import Autoencoder, fit_pca, pixel_autoencoder
 from qrjax.diffusion.config import DiTConfig
-from qrjax.diffusion.model import DiT, init_params
+from qrjax.diffusion.export import save_model
+from qrjax.diffusion.model import DiffusionModel, DiT, init_params
+from qrjax.train.export import check_workdir_config
 
-WEIGHTS = Path(__file__).parent / "weights"
-PRETRAINED = ("cpu",)
 EVAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-class DiffusionModel(NamedTuple):
-    """A trained generator: config, DiT parameters (the EMA), the autoencoder, and the class names."""
-
-    config: DiTConfig
-    params: dict
-    autoencoder: Autoencoder
-    class_names: tuple[str, ...] = ()
-
-    def label(self, name_or_index: str | int) -> int:
-        """A class index from a name (a training photograph) or index; the null class for 'none'."""
-        if isinstance(name_or_index, str) and not name_or_index.lstrip("-").isdigit():
-            if name_or_index == "none":
-                return self.config.null_class
-            if name_or_index not in self.class_names:
-                raise ValueError(f"unknown class {name_or_index!r}; choose from {list(self.class_names)} or none")
-            return self.class_names.index(name_or_index)
-        i = int(name_or_index)
-        if not 0 <= i <= self.config.null_class:
-            raise ValueError(f"class index {i} is outside 0..{self.config.null_class} (the last is unconditional)")
-        return i
 
 
 def make_autoencoder(config: DiTConfig, source, samples: int = 2048, seed: int = 7) -> Autoencoder:
@@ -136,10 +111,7 @@ def train_and_evaluate(config: DiTConfig, workdir: str | Path, data: str | Path 
     if config.num_classes and config.num_classes != len(train_src):
         raise ValueError(f"config.num_classes={config.num_classes} but the training set has {len(train_src)} "
                          f"images (one class each); set num_classes={len(train_src)} or 0")
-    config_path = workdir / "config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != config_to_dict(config):
-        raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config; use a new workdir")
-    config_path.write_text(json.dumps(config_to_dict(config), indent=1))
+    check_workdir_config(workdir, config)
     ae_path = workdir / "autoencoder.msgpack"
     if ae_path.exists():
         ae = Autoencoder.from_dict(flax.serialization.msgpack_restore(ae_path.read_bytes()))
@@ -175,40 +147,3 @@ def train_and_evaluate(config: DiTConfig, workdir: str | Path, data: str | Path 
     save_model(model, workdir / "model", extra={"steps": config.steps,
                                                 "final_eval": eval_fn(state, config.steps)})
     return model
-
-
-def config_to_dict(config: DiTConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def save_model(model: DiffusionModel, path: str | Path, extra: dict | None = None) -> None:
-    """path.msgpack (EMA parameters and the autoencoder) and path.json (config, class names, `extra`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"params": jax.device_get(model.params), "autoencoder": model.autoencoder.to_dict()}
-    path.with_suffix(".msgpack").write_bytes(flax.serialization.msgpack_serialize(blob))
-    meta = {"config": config_to_dict(model.config), "class_names": list(model.class_names), **(extra or {})}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-
-
-def load_model(path: str | Path) -> DiffusionModel:
-    path = Path(path)
-    for suffix in (".json", ".msgpack"):
-        if not path.with_suffix(suffix).is_file():
-            raise FileNotFoundError(f"diffusion model {str(path)!r}: missing {path.with_suffix(suffix).name}")
-    meta = json.loads(path.with_suffix(".json").read_text())
-    fields = {f.name for f in dataclasses.fields(DiTConfig)}
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items() if k in fields}
-    config = DiTConfig(**cfg)
-    blob = flax.serialization.msgpack_restore(path.with_suffix(".msgpack").read_bytes())
-    template = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    params = flax.serialization.from_state_dict(template, blob["params"])
-    return DiffusionModel(config, jax.tree.map(jnp.asarray, params), Autoencoder.from_dict(blob["autoencoder"]),
-                          tuple(meta.get("class_names", ())))
-
-
-def load_pretrained(name: str = "cpu") -> DiffusionModel:
-    """The weights shipped with qrjax (trained on this project's 2-core CPU machine by `qrjax diffusion train`)."""
-    if name not in PRETRAINED:
-        raise ValueError(f"no shipped diffusion weights {name!r}; choose from {PRETRAINED}")
-    return load_model(WEIGHTS / name)

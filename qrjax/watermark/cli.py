@@ -17,12 +17,10 @@ from qrjax.ecc.hexbits import bits_to_hex, hex_to_bits
 
 
 def _model(spec: str):
-    from qrjax.watermark import load_pretrained
-    from qrjax.watermark.train import load_model
+    from qrjax.watermark.export import resolve_model
 
     try:
-        return load_pretrained(spec) if "/" not in spec and not spec.endswith((".json", ".msgpack")) \
-            else load_model(Path(spec).with_suffix(""))
+        return resolve_model(spec)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"qrjax watermark: --model {spec}: {err}") from None
 

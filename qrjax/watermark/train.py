@@ -8,12 +8,9 @@ minimise bit BCE + lambda_image * image loss (+ lambda_ecc * ECC-aware loss). Al
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from functools import partial
 from pathlib import Path
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,9 +20,11 @@ from qrjax import train as trainer
 from qrjax.data import image_source
 from qrjax.ecc import get_code
 from qrjax.metrics import psnr
+from qrjax.train.export import check_workdir_config
 from qrjax.watermark import attacks, detect, losses
 from qrjax.watermark.config import WatermarkConfig
 from qrjax.watermark.embed import WatermarkModel, encoder_residual, extractor_logits, quantize
+from qrjax.watermark.export import save_model
 from qrjax.watermark.model import init_variables
 
 # Area fraction of the source image a training crop covers: whole-image-sized crops for the full-image baseline,
@@ -179,14 +178,7 @@ def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str |
     """Train (resuming from workdir if it holds checkpoints; otherwise from scratch or from `init`); export
     workdir/model.{msgpack,json}; return the model."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.json"
-    if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if saved != config_to_dict(config):
-            raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config; use a new workdir "
-                             f"(differences: {_diff(saved, config_to_dict(config))})")
-    config_path.write_text(json.dumps(config_to_dict(config), indent=1))
+    check_workdir_config(workdir, config)
     train_src, val_src = image_source(data, "train"), image_source(data, "val")
     whitening = None
     if config.whiten:
@@ -210,45 +202,3 @@ def train_and_evaluate(config: WatermarkConfig, workdir: str | Path, data: str |
     model = model_from_state(config, state)
     save_model(model, workdir / "model")
     return model
-
-
-# ------------------------------------------------------------------------------------------------ model files
-
-
-def config_to_dict(config: WatermarkConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def config_from_dict(d: dict) -> WatermarkConfig:
-    fields = {f.name: f for f in dataclasses.fields(WatermarkConfig)}
-    unknown = set(d) - set(fields)
-    if unknown:
-        raise ValueError(f"model config has unknown fields {sorted(unknown)}")
-    return WatermarkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-def _diff(a: dict, b: dict) -> dict:
-    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
-
-
-def save_model(model: WatermarkModel, stem: str | Path) -> tuple[Path, Path]:
-    """Write <stem>.msgpack (variables) and <stem>.json (config)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights = stem.with_suffix(".msgpack")
-    weights.write_bytes(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, model.variables)))
-    cfg = stem.with_suffix(".json")
-    cfg.write_text(json.dumps(config_to_dict(model.config), indent=1))
-    return weights, cfg
-
-
-def load_model(stem: str | Path) -> WatermarkModel:
-    """Read a model written by save_model (stem without suffix)."""
-    stem = Path(stem)
-    weights, cfg = stem.with_suffix(".msgpack"), stem.with_suffix(".json")
-    for p in (weights, cfg):
-        if not p.is_file():
-            raise FileNotFoundError(f"watermark model {str(stem)!r}: missing {p.name}")
-    config = config_from_dict(json.loads(cfg.read_text()))
-    variables = flax.serialization.msgpack_restore(weights.read_bytes())
-    return WatermarkModel(config, jax.tree.map(jnp.asarray, variables))

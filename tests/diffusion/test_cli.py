@@ -11,7 +11,7 @@ from qrjax.cli import main
 from qrjax.diffusion.autoencoder import pixel_autoencoder
 from qrjax.diffusion.config import get_config
 from qrjax.diffusion.model import init_params
-from qrjax.diffusion.train import DiffusionModel, load_model, save_model
+from qrjax.diffusion import DiffusionModel, load_model, save_model
 
 
 @pytest.fixture(scope="module")

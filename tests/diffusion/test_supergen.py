@@ -14,7 +14,7 @@ from qrjax.diffusion.autoencoder import pixel_autoencoder
 from qrjax.diffusion.config import SuperGenConfig, get_config
 from qrjax.diffusion.model import init_params
 from qrjax.diffusion.sampler import renoise, schedule, step, velocity_fn
-from qrjax.diffusion.train import DiffusionModel
+from qrjax.diffusion.model import DiffusionModel
 from qrjax.parallel import make_mesh
 
 LABEL = 1

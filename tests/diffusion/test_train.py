@@ -13,7 +13,8 @@ from qrjax.data import image_source
 from qrjax.diffusion import train as dt
 from qrjax.diffusion.autoencoder import pixel_autoencoder
 from qrjax.diffusion.config import get_config
-from qrjax.diffusion.model import init_params
+from qrjax.diffusion.export import load_model, load_pretrained
+from qrjax.diffusion.model import DiffusionModel, init_params
 from qrjax.parallel import make_mesh
 
 NAMES = tuple(image_source(None, "train").names)
@@ -67,7 +68,7 @@ def test_train_and_evaluate_writes_the_model_and_metrics(four_steps):
 
 def test_load_model_round_trips_exactly(four_steps):
     config, workdir, model = four_steps
-    loaded = dt.load_model(workdir / "model")
+    loaded = load_model(workdir / "model")
     assert loaded.config == config
     assert loaded.class_names == NAMES == model.class_names
     _leaves_equal(loaded.params, model.params)
@@ -75,7 +76,7 @@ def test_load_model_round_trips_exactly(four_steps):
         np.testing.assert_array_equal(getattr(loaded.autoencoder, name), getattr(model.autoencoder, name))
     assert loaded.autoencoder.factor == model.autoencoder.factor
     with pytest.raises(FileNotFoundError, match="missing nothing.json"):
-        dt.load_model(workdir / "nothing")
+        load_model(workdir / "nothing")
 
 
 def test_a_different_config_in_the_same_workdir_is_refused(four_steps):
@@ -132,7 +133,7 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(four_steps, tmp_path,
 
 def test_labels_by_name_index_and_none():
     config = _config()
-    model = dt.DiffusionModel(config, {}, pixel_autoencoder(), NAMES)
+    model = DiffusionModel(config, {}, pixel_autoencoder(), NAMES)
     assert model.label("astronaut") == NAMES.index("astronaut") == 0
     assert model.label("flower") == NAMES.index("flower")
     assert model.label("none") == config.null_class == 12
@@ -163,7 +164,7 @@ def test_the_loss_at_init_is_the_mean_squared_velocity_target():
 
 
 def test_shipped_cpu_model_loads_and_was_trained():
-    model = dt.load_pretrained("cpu")
+    model = load_pretrained("cpu")
     assert model.config == get_config("cpu")
     assert model.class_names == NAMES
     assert model.autoencoder.channels == model.config.latent_channels
@@ -171,5 +172,5 @@ def test_shipped_cpu_model_loads_and_was_trained():
     # adaLN-zero layers start at exactly zero; training moved them
     assert float(np.abs(np.asarray(model.params["block0"]["adaLN"]["kernel"])).max()) > 0
     assert float(np.abs(np.asarray(fresh["block0"]["adaLN"]["kernel"])).max()) == 0
-    with pytest.raises(ValueError, match="no shipped diffusion weights"):
-        dt.load_pretrained("huge")
+    with pytest.raises(ValueError, match="no shipped qrjax.diffusion model 'huge'; shipped: cpu"):
+        load_pretrained("huge")

@@ -9,6 +9,7 @@ from qrjax import train as trainer
 from qrjax.parallel import make_mesh
 from qrjax.watermark.config import get_config
 from qrjax.watermark import train as wt
+from qrjax.watermark.export import load_model
 
 
 def test_schedule_warms_up_then_decays_to_the_end_value():
@@ -112,7 +113,7 @@ def test_whitening_fine_tune_freezes_the_extractor_and_ships_the_whitening(tmp_p
     # the whitening is the one fitted on clean training tiles, and it is saved with the model
     want = wt.fit_whitening_on(init, wt.image_source(None, "train"), 64)
     np.testing.assert_allclose(np.asarray(w["w"]), np.asarray(want["w"]), rtol=1e-5, atol=1e-5)
-    loaded = wt.load_model(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
     np.testing.assert_array_equal(np.asarray(loaded.variables["whitening"]["b"]), np.asarray(w["b"]))
     with pytest.raises(ValueError, match="pass init"):
         wt.train_and_evaluate(config, tmp_path / "other", progress=False)

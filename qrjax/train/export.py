@@ -157,9 +157,14 @@ def read_model(json_text: str, msgpack_bytes: bytes, config_cls: type, template=
         doc = json.loads(json_text)
     except json.JSONDecodeError as err:
         raise ValueError(f"model {source!r}: the .json is not valid JSON ({err})") from None
-    if not isinstance(doc, dict) or "config" not in doc or "config_class" not in doc:
-        raise ValueError(f"model {source!r}: the .json has no 'config' and 'config_class' entries (expected "
-                         f"{{'config_class': ..., 'config': {{...}}, ...}}, as save_model writes)")
+    if not isinstance(doc, dict):
+        raise ValueError(f"model {source!r}: the .json holds a {type(doc).__name__}, expected an object "
+                         f"{{'config_class': ..., 'config': {{...}}, ...}} as save_model writes")
+    if "config_class" not in doc:
+        # files written before this format: the watermark's .json was the bare config, the diffusion's had a
+        # 'config' entry beside its metadata. They are read as such; the config's fields are checked all the same.
+        doc = {"config_class": config_cls.__name__,
+               **(doc if isinstance(doc.get("config"), dict) else {"config": doc})}
     if doc["config_class"] != config_cls.__name__:
         raise ValueError(f"model {source!r} holds a {doc['config_class']} config, expected {config_cls.__name__}")
     config = config_from_dict(config_cls, doc["config"], source=f"model {source!r}")

@@ -33,7 +33,8 @@ def run_demo(out_dir: str | Path = "demo_output", *, per_cell: int = 8, negative
 
     from qrjax.data import bundled_source
     from qrjax.ecc import get_code
-    from qrjax.watermark import attacks, embed, load_pretrained
+    from qrjax.watermark import attacks, embed
+    from qrjax.watermark.export import resolve_model
     from qrjax.watermark.benchmark import throughput
     from qrjax.watermark.pipeline import Decision, FullImageDetector, TileDetector
 
@@ -41,7 +42,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, per_cell: int = 8, negative
     out = Path(out_dir)
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    model, baseline_model, code = load_pretrained(model_name), load_pretrained(baseline_name), get_code(code_name)
+    model, baseline_model, code = resolve_model(model_name), resolve_model(baseline_name), get_code(code_name)
     rng = np.random.default_rng(seed)
     payload = rng.integers(0, 2, code.payload_bits).astype(np.uint8)
     key = np.asarray(code.encode(payload[None]))[0]

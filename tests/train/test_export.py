@@ -144,8 +144,22 @@ def test_missing_files_and_foreign_json_are_named(tmp_path):
     (tmp_path / "moved.msgpack").rename(tmp_path / "toy.msgpack")
     with pytest.raises(ValueError, match="holds a Toy config, expected WatermarkConfig"):
         export.load_model_files(tmp_path / "toy", WatermarkConfig)
-    (tmp_path / "toy.json").write_text(json.dumps(export.config_to_dict(Toy())))  # a bare config: the old layout
-    with pytest.raises(ValueError, match="no 'config' and 'config_class' entries"):
+    (tmp_path / "toy.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="the .json holds a list, expected an object"):
+        export.load_model_files(tmp_path / "toy", Toy)
+
+
+def test_files_written_before_this_format_still_load(tmp_path):
+    """The watermark's .json used to be the bare config, the diffusion's {'config': ..., meta...}."""
+    export.save_model(tmp_path / "toy", Toy(), _variables())
+    (tmp_path / "toy.json").write_text(json.dumps(export.config_to_dict(Toy())))
+    config, variables, meta = export.load_model_files(tmp_path / "toy", Toy)
+    assert config == Toy() and meta == {} and jax.tree.structure(variables) == jax.tree.structure(_variables())
+    (tmp_path / "toy.json").write_text(json.dumps({"config": export.config_to_dict(Toy()), "class_names": ["a"]}))
+    config, _, meta = export.load_model_files(tmp_path / "toy", Toy)
+    assert config == Toy() and meta == {"class_names": ["a"]}
+    (tmp_path / "toy.json").write_text(json.dumps({**export.config_to_dict(Toy()), "extra": 1}))
+    with pytest.raises(ValueError, match="unknown field"):  # old files get the same field checks
         export.load_model_files(tmp_path / "toy", Toy)
 
 

@@ -45,13 +45,3 @@ def _parse(key: str, value: str, current):
     except ValueError:
         raise ValueError(f"--set {key}={value}: cannot parse as {type(current).__name__}") from None
 
-
-def add_train_arguments(parser, presets: dict, default: str = "cpu") -> None:
-    """The arguments every `qrjax <system> train` takes: --preset, --workdir, --data, --set."""
-    from pathlib import Path
-
-    parser.add_argument("--preset", default=default, help=" | ".join(presets))
-    parser.add_argument("--workdir", required=True, type=Path, help="checkpoints, metrics and the exported model")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="image folder (default: the images bundled in the wheels)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")

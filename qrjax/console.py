@@ -106,3 +106,35 @@ def passed_over_in(prog: str, folder) -> None:
 
         if Path(folder).is_dir():
             passed_over(prog, [str(p) for p in scan_folder(folder)[1]])
+
+
+def add_train_arguments(parser, presets: dict, default: str = "cpu") -> None:
+    """The arguments every `qrjax <system> train` takes: --preset, --workdir, --data, --set, --json."""
+    from pathlib import Path
+
+    parser.add_argument("--preset", default=default, help=" | ".join(presets))
+    parser.add_argument("--workdir", required=True, type=Path, help="checkpoints, metrics and the exported model")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="image folder (default: the images bundled in the wheels)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--json", action="store_true", help="print one compact JSON object")
+
+
+def train_command(prog: str, args, get_config, train_and_evaluate, **kwargs) -> int:
+    """What every `qrjax <system> train` does: the config from --preset and --set, the data folder's passed-over files
+    named, `train_and_evaluate(config, workdir, data=..., **kwargs)`, and the result (the exported model's stem)."""
+    from pathlib import Path
+
+    try:
+        config = get_config(args.preset, args.set)
+    except ValueError as err:
+        fail(prog, str(err))
+    passed_over_in(prog, args.data)
+    try:
+        train_and_evaluate(config, args.workdir, data=args.data, **kwargs)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        fail(prog, str(err))
+    model = Path(args.workdir) / "model"
+    result({"workdir": str(args.workdir), "model": str(model), "preset": config.name, "steps": config.steps},
+           args.json, f"{prog}: {config.steps} steps done; model {model}.json")
+    return 0

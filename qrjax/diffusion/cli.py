@@ -43,17 +43,7 @@ def cmd_train(args) -> int:
     from qrjax.diffusion.config import get_config
     from qrjax.diffusion.train import train_and_evaluate
 
-    prog = "qrjax diffusion train"
-    console.passed_over_in(prog, args.data)
-    try:
-        config = get_config(args.preset, args.set)
-        train_and_evaluate(config, args.workdir, data=args.data)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        console.fail(prog, str(err))
-    model = Path(args.workdir) / "model"
-    console.result({"workdir": str(args.workdir), "model": str(model), "preset": config.name, "steps": config.steps},
-                   args.json, f"{prog}: {config.steps} steps done; model {model}.json")
-    return 0
+    return console.train_command("qrjax diffusion train", args, get_config, train_and_evaluate)
 
 
 def cmd_generate(args) -> int:
@@ -95,15 +85,13 @@ def cmd_generate(args) -> int:
 
 
 def register(systems) -> None:
-    from qrjax.config import add_train_arguments
     from qrjax.diffusion.config import PRESETS
 
     parser = systems.add_parser("diffusion", help="SuperGen: tiled, cached, parallel ultra-high-res generation")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the DiT with flow matching (resumes from --workdir)")
-    add_train_arguments(p, PRESETS)
-    p.add_argument("--json", action="store_true", help="print one compact JSON object")
+    console.add_train_arguments(p, PRESETS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate one image (or video) at --size with SuperGen")

@@ -29,21 +29,8 @@ def cmd_train(args) -> int:
     from qrjax.watermark.config import get_config
     from qrjax.watermark.train import train_and_evaluate
 
-    prog = "qrjax watermark train"
-    try:
-        config = get_config(args.preset, args.set)
-    except ValueError as err:
-        console.fail(prog, str(err))
-    init = _model(args.init) if args.init else None
-    console.passed_over_in(prog, args.data)
-    try:
-        train_and_evaluate(config, args.workdir, data=args.data, init=init)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        console.fail(prog, str(err))
-    model = Path(args.workdir) / "model"
-    console.result({"workdir": str(args.workdir), "model": str(model), "preset": config.name, "steps": config.steps},
-                   args.json, f"{prog}: {config.steps} steps done; model {model}.json")
-    return 0
+    return console.train_command("qrjax watermark train", args, get_config, train_and_evaluate,
+                                 init=_model(args.init) if args.init else None)
 
 
 def _code(spec: str, prog: str):
@@ -312,16 +299,14 @@ def register_demo(parser) -> None:
 
 
 def register(systems) -> None:
-    from qrjax.config import add_train_arguments
     from qrjax.watermark.config import PRESETS
 
     parser = systems.add_parser("watermark", help="QRMark watermarking: train, embed, detect, bench, demo")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the encoder/extractor (resumes from --workdir)")
-    add_train_arguments(p, PRESETS)
+    console.add_train_arguments(p, PRESETS)
     p.add_argument("--init", default=None, help="start from this model (shipped name or <stem>.json): fine-tuning")
-    p.add_argument("--json", action="store_true", help="print one compact JSON object")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="watermark an image, a folder (recursively) or a .txt list of paths: one JSON "
@@ -370,7 +355,7 @@ def register(systems) -> None:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--format", default="jpeg", choices=("jpeg", "png"))
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one compact JSON object")
     p.add_argument("--model", default="cpu")
     p.add_argument("--baseline-model", default="cpu-full")
     p.add_argument("--code", default="qrmark-bch")

@@ -112,12 +112,12 @@ def contrast(x: jax.Array, factor) -> jax.Array:
 
 # --- differentiable JPEG: YCbCr, 4:2:0 chroma, 8x8 DCT, quantise with a straight-through round, inverse.
 
-_LUMA_Q = np.array([
+LUMA_Q = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float32).reshape(8, 8)
-_CHROMA_Q = np.full((8, 8), 99, np.float32)
-_CHROMA_Q[:4, :4] = np.array([17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 99, 47, 66, 99, 99]).reshape(4, 4)
+CHROMA_Q = np.full((8, 8), 99, np.float32)
+CHROMA_Q[:4, :4] = np.array([17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 99, 47, 66, 99, 99]).reshape(4, 4)
 
 
 def quant_table(base: np.ndarray, quality: int) -> np.ndarray:
@@ -168,9 +168,9 @@ def jpeg(x: jax.Array, quality: int) -> jax.Array:
     def up(c):
         return jnp.repeat(jnp.repeat(c, 2, axis=1), 2, axis=2)
 
-    y = _blockwise(y - 128.0, quant_table(_LUMA_Q, quality)) + 128.0
-    cb = up(_blockwise(sub(cb), quant_table(_CHROMA_Q, quality)))
-    cr = up(_blockwise(sub(cr), quant_table(_CHROMA_Q, quality)))
+    y = _blockwise(y - 128.0, quant_table(LUMA_Q, quality)) + 128.0
+    cb = up(_blockwise(sub(cb), quant_table(CHROMA_Q, quality)))
+    cr = up(_blockwise(sub(cr), quant_table(CHROMA_Q, quality)))
     rgb = jnp.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
     rgb = _round_ste(jnp.clip(rgb, 0.0, 255.0)) / 255.0
     return rgb[:, :h, :w]

@@ -26,7 +26,7 @@ def test_quant_tables_match_libjpeg(quality):
     buf = io.BytesIO()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="JPEG", quality=quality)
     q = Image.open(io.BytesIO(buf.getvalue())).quantization  # Pillow reports the tables in natural (row) order
-    for table, base in ((0, attacks._LUMA_Q), (1, attacks._CHROMA_Q)):
+    for table, base in ((0, attacks.LUMA_Q), (1, attacks.CHROMA_Q)):
         np.testing.assert_array_equal(attacks.quant_table(base, quality).ravel(), np.asarray(q[table]))
 
 

@@ -21,9 +21,12 @@
 # - the Pallas kernels.
 #
 # Runs in under a minute on a CPU: `python notebooks/lossy_compression.py`. The file is not named `compression.py`
-# because a script of that name would shadow the `compression` module that JAX imports for its zstd cache.
+# because a script of that name would shadow the `compression` module that JAX imports for its zstd cache. With `QRJAX_NOTEBOOK_SMOKE=1` (what the tests
+# set) every cell runs on smaller inputs.
 
 # %%
+import os
+
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -32,6 +35,7 @@ import numpy as np
 from qrjax.compression import bound_violations, compress, decompress, max_error_ratio
 
 rng = np.random.default_rng(0)
+SMOKE = os.environ.get("QRJAX_NOTEBOOK_SMOKE") == "1"  # smaller inputs, same cells: for tests
 
 # %% [markdown]
 # ## Three error-bound modes on a smooth 3-D field
@@ -42,7 +46,7 @@ rng = np.random.default_rng(0)
 # A 3-D input gets 3-D Lorenzo prediction.
 
 # %%
-g = np.linspace(0, 1, 48, dtype=np.float32)
+g = np.linspace(0, 1, 16 if SMOKE else 48, dtype=np.float32)
 x, y, z = np.meshgrid(g, g, g, indexing="ij")
 field = (np.sin(6 * x) * np.cos(4 * y) + 0.3 * z**2).astype(np.float32)
 for mode in ("abs", "rel", "pw_rel"):
@@ -61,7 +65,7 @@ for mode in ("abs", "rel", "pw_rel"):
 # is stored verbatim.
 
 # %%
-data = (rng.standard_normal(1 << 20) * 100).astype(np.float32)
+data = (rng.standard_normal(1 << (16 if SMOKE else 20)) * 100).astype(np.float32)
 e = np.float32(1e-3)
 naive = (np.round(data / (2 * e)) * (2 * e)).astype(np.float32)
 print("naive float32 quantiser, violations:", bound_violations(data, naive, float(e), "abs"))
@@ -79,7 +83,9 @@ print("qrjax, violations:", bound_violations(data, np.asarray(decompress(c)), fl
 # %%
 from qrjax.quantum import build, simulate  # noqa: E402
 
-states = {"QFT-16": np.asarray(simulate(build("qft", 16))), "random-14": np.asarray(simulate(build("random", 14)))}
+n_qft, n_random = (10, 8) if SMOKE else (16, 14)
+states = {f"QFT-{n_qft}": np.asarray(simulate(build("qft", n_qft))),
+          f"random-{n_random}": np.asarray(simulate(build("random", n_random)))}
 for name, s in states.items():
     for rep in ("cartesian", "polar"):
         c = compress(s, 1e-3, "pw_rel", complex_as=rep)
@@ -92,9 +98,10 @@ for name, s in states.items():
 # payload, and zstd over the stream removes what remains. A GHZ state has two non-zero amplitudes:
 
 # %%
-ghz = np.asarray(simulate(build("ghz", 18)))
+n_ghz = 12 if SMOKE else 18
+ghz = np.asarray(simulate(build("ghz", n_ghz)))
 c = compress(ghz, 1e-3, "pw_rel")
-print(f"GHZ-18: {ghz.nbytes} bytes -> {c.nbytes} bytes (ratio {c.ratio:.0f}); "
+print(f"GHZ-{n_ghz}: {ghz.nbytes} bytes -> {c.nbytes} bytes (ratio {c.ratio:.0f}); "
       f"blocks with payload: {int((c.widths.max(axis=0) > 0).sum())} of {c.widths.shape[1]}")
 
 # %% [markdown]

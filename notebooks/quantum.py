@@ -17,15 +17,20 @@
 #
 # It ends with a 34-qubit GHZ state, which would take 128 GiB uncompressed, held in a few hundred bytes.
 #
-# Runs in about a minute on a CPU: `python notebooks/quantum.py`.
+# Runs in about a minute on a CPU: `python notebooks/quantum.py`. With `QRJAX_NOTEBOOK_SMOKE=1` (what the tests
+# set) every cell runs at a smaller size: fewer qubits, smaller blocks, two error bounds.
 
 # %%
+import os
+
 import matplotlib.pyplot as plt
 import numpy as np
 
 from qrjax.quantum import build, fidelity, parse_qasm, simulate, to_qasm
 from qrjax.quantum.compressed import CompressedConfig, plan_stages, simulate_compressed
 from qrjax.quantum.exact import exact_amplitudes
+
+SMOKE = os.environ.get("QRJAX_NOTEBOOK_SMOKE") == "1"  # smaller sizes, same cells: for tests
 
 # %% [markdown]
 # ## Circuits and QASM
@@ -71,13 +76,14 @@ for remap in (False, True):
 # Point-wise relative bounds keep small amplitudes accurate. An absolute bound of the same ε wipes them out.
 
 # %%
-circuit = build("random", 11)
+circuit = build("random", 8 if SMOKE else 11)
 dense = np.asarray(simulate(circuit))
-bounds = [1e-1, 1e-2, 1e-3]
+bounds = [1e-1, 1e-3] if SMOKE else [1e-1, 1e-2, 1e-3]
 fid = {mode: [] for mode in ("pw_rel", "abs")}
 for mode in fid:
     for eps in bounds:
-        res = simulate_compressed(circuit, CompressedConfig(block_qubits=8, group_qubits=2, bound=eps, mode=mode))
+        res = simulate_compressed(circuit, CompressedConfig(block_qubits=6 if SMOKE else 8, group_qubits=2, bound=eps,
+                                                                   mode=mode))
         fid[mode].append(1 - fidelity(dense, res.state.to_dense()))
         print(f"{mode:6s} eps={eps:.0e}: 1-F = {fid[mode][-1]:.2e}  ratio {res.compression_ratio:.2f}  "
               f"stages {res.stages}")
@@ -95,7 +101,8 @@ fig.savefig("quantum_fidelity.png", dpi=100)
 # state.
 
 # %%
-res = simulate_compressed(build("ghz", 34), CompressedConfig(block_qubits=16, group_qubits=4))
-print(f"GHZ-34: {res.seconds:.1f} s, {res.stages} stages, stored {res.stored_bytes} bytes, peak "
+n_ghz = 20 if SMOKE else 34
+res = simulate_compressed(build("ghz", n_ghz), CompressedConfig(block_qubits=10 if SMOKE else 16, group_qubits=4))
+print(f"GHZ-{n_ghz}: {res.seconds:.1f} s, {res.stages} stages, stored {res.stored_bytes} bytes, peak "
       f"{res.peak_bytes / 2**20:.1f} MiB (dense: {res.raw_bytes / 2**30:.0f} GiB), "
-      f"fidelity {res.state.fidelity_to(exact_amplitudes('ghz', 34)):.6f}")
+      f"fidelity {res.state.fidelity_to(exact_amplitudes('ghz', n_ghz)):.6f}")

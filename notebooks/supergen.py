@@ -18,11 +18,13 @@
 # - the cache, which skips tiles whose predicted change is small, and what it costs in fidelity;
 # - tile parallelism over simulated devices, with output bit-identical to one device.
 #
-# Runs in a few minutes on a CPU: `python notebooks/supergen.py`.
+# Runs in a few minutes on a CPU: `python notebooks/supergen.py`. With `QRJAX_NOTEBOOK_SMOKE=1` (what the tests
+# set) every cell runs at a smaller size: 2x per side, 6 steps, fewer classes and thresholds.
 
 # %%
 import os
 
+SMOKE = os.environ.get("QRJAX_NOTEBOOK_SMOKE") == "1"  # smaller sizes, same cells: for tests
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 
 import jax  # noqa: E402
@@ -46,8 +48,9 @@ print("classes:", ", ".join(model.class_names))
 # and colour layouts of their photograph, not objects.
 
 # %%
-cfg = SuperGenConfig(steps=20, restart_step=2)
-classes = ["astronaut", "chelsea", "brick", "grass", "china", "flower"]
+cfg = SuperGenConfig(steps=6 if SMOKE else 20, restart_step=2)
+SCALE = 2 if SMOKE else 4
+classes = ["astronaut", "china"] if SMOKE else ["astronaut", "chelsea", "brick", "grass", "china", "flower"]
 fig, axes = plt.subplots(2, len(classes), figsize=(2 * len(classes), 4.3))
 for col, name in enumerate(classes):
     for row in range(2):
@@ -67,13 +70,13 @@ plt.show()
 label = model.label("china")
 key = jax.random.key(3)
 sketch = sg.sketch(model, cfg, jax.random.split(key)[0], label)
-image, stats = sg.generate(model, cfg, scale=4, label=label, key=key, sketch_latent=sketch, progress=False)
-bicubic = sg.to_uint8(model, sg.upsample(model, sketch, (4 * model.config.latent_size,) * 2))[0]
+image, stats = sg.generate(model, cfg, scale=SCALE, label=label, key=key, sketch_latent=sketch, progress=False)
+bicubic = sg.to_uint8(model, sg.upsample(model, sketch, (SCALE * model.config.latent_size,) * 2))[0]
 print(f"{image.shape[0]}x{image.shape[1]}: {stats.tiles} tiles, {stats.model_calls} model calls, "
       f"{stats.stage2_seconds:.2f} s in stage 2")
 fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-for ax, (title, img) in zip(axes, [("sketch (32 px)", sg.to_uint8(model, sketch)[0]), ("bicubic x4", bicubic),
-                                    ("SuperGen x4", image)]):
+for ax, (title, img) in zip(axes, [("sketch (32 px)", sg.to_uint8(model, sketch)[0]), (f"bicubic x{SCALE}", bicubic),
+                                    (f"SuperGen x{SCALE}", image)]):
     ax.imshow(img, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
@@ -86,9 +89,9 @@ plt.show()
 # energy on the pixel lines where borders sit with the energy elsewhere (1.0 means no seam).
 
 # %%
-fixed, _ = sg.generate(model, cfg.replace(shift_divisions=0), scale=4, label=label, key=key, sketch_latent=sketch,
+fixed, _ = sg.generate(model, cfg.replace(shift_divisions=0), scale=SCALE, label=label, key=key, sketch_latent=sketch,
                        progress=False)
-untiled, _ = sg.generate(model, cfg.replace(tiling="none"), scale=4, label=label, key=key, sketch_latent=sketch,
+untiled, _ = sg.generate(model, cfg.replace(tiling="none"), scale=SCALE, label=label, key=key, sketch_latent=sketch,
                          progress=False)
 period, patch = model.config.image_size, model.autoencoder.factor
 for name, img in [("fixed grid", fixed), ("shifted", image), ("untiled", untiled)]:
@@ -102,8 +105,8 @@ for name, img in [("fixed grid", fixed), ("shifted", image), ("untiled", untiled
 
 # %%
 rows = []
-for thr in (0.0, 0.3, 0.5, 0.8):
-    img, st = sg.generate(model, cfg.replace(cache_threshold=thr), scale=4, label=label, key=key,
+for thr in (0.0, 0.8) if SMOKE else (0.0, 0.3, 0.5, 0.8):
+    img, st = sg.generate(model, cfg.replace(cache_threshold=thr), scale=SCALE, label=label, key=key,
                           sketch_latent=sketch, progress=False)
     rows.append((thr, st, img))
     print(f"threshold {thr:4.2f}: skipped {st.tiles_skipped:3d}/{st.stage2_tiles} tiles, "
@@ -123,9 +126,9 @@ plt.show()
 # single-device run bit for bit.
 
 # %%
-_, s1, lat1 = sg.generate(model, cfg.replace(max_batch=1), scale=4, label=label, key=key, sketch_latent=sketch,
+_, s1, lat1 = sg.generate(model, cfg.replace(max_batch=1), scale=SCALE, label=label, key=key, sketch_latent=sketch,
                           progress=False, return_latent=True)
-_, s4, lat4 = sg.generate(model, cfg.replace(max_batch=1), scale=4, label=label, key=key, sketch_latent=sketch,
+_, s4, lat4 = sg.generate(model, cfg.replace(max_batch=1), scale=SCALE, label=label, key=key, sketch_latent=sketch,
                           devices=4, progress=False, return_latent=True)
 print("mesh", s4.mesh_shape, "bit-identical:", bool(np.array_equal(np.asarray(lat1), np.asarray(lat4))))
 print("bytes exchanged per step:", s4.latent_bytes_exchanged_per_step, "; strips the shift moves:",
@@ -140,5 +143,5 @@ assert np.array_equal(np.asarray(lat1), np.asarray(lat4))
 # time a quarter of the rotary pairs.
 
 # %%
-video, vs = sg.generate(model, cfg.replace(steps=8), scale=2, label=label, key=key, frames=2, progress=False)
+video, vs = sg.generate(model, cfg.replace(steps=4 if SMOKE else 8), scale=2, label=label, key=key, frames=2, progress=False)
 print("video", video.shape, "tiles", vs.tiles)

@@ -17,9 +17,11 @@
 # decides how many workers each stage gets (QRMark's greedy allocator). This notebook builds a small folder of
 # watermarked, clean and broken files, then looks at each piece and compares with the sequential full-image baseline.
 #
-# Runs in about a minute on a 2-core CPU: `python notebooks/detection.py`.
+# Runs in about a minute on a 2-core CPU: `python notebooks/detection.py`. With `QRJAX_NOTEBOOK_SMOKE=1` (what the
+# tests set) the folder holds fewer images and the timing runs one round.
 
 # %%
+import os
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from qrjax.watermark.pipeline import Decision, FullImageDetector, TileDetector
 model, baseline_model = load_pretrained("cpu"), load_pretrained("cpu-full")
 code = get_code("qrmark-bch")
 rng = np.random.default_rng(0)
+SMOKE = os.environ.get("QRJAX_NOTEBOOK_SMOKE") == "1"  # fewer images and rounds, same cells: for tests
+ROUNDS = 1 if SMOKE else 3
 payload = rng.integers(0, 2, code.payload_bits).astype(np.uint8)
 key = np.asarray(code.encode(payload[None]))[0]
 
@@ -46,11 +50,12 @@ key = np.asarray(code.encode(payload[None]))[0]
 folder = Path(tempfile.mkdtemp(prefix="qrjax-detection-"))
 src = bundled_source("val", area=(0.3, 1.0))
 for size in (256, 512):
-    imgs = src.sample(rng, size, 8)
-    marked = embed(model, imgs[:6], key)
-    for i, im in enumerate([*marked, *imgs[6:]]):
+    n_marked, n_clean = (2, 2) if SMOKE else (6, 2)
+    imgs = src.sample(rng, size, n_marked + n_clean)
+    marked = embed(model, imgs[:n_marked], key)
+    for i, im in enumerate([*marked, *imgs[n_marked:]]):
         fmt = "jpg" if i % 2 else "png"
-        name = f"{'marked' if i < 6 else 'clean'}_{size}_{i}.{fmt}"
+        name = f"{'marked' if i < n_marked else 'clean'}_{size}_{i}.{fmt}"
         Image.fromarray(im).save(folder / name, **({"quality": 95} if fmt == "jpg" else {}))
 (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
 (folder / "empty.png").write_bytes(b"")
@@ -110,9 +115,10 @@ print(f"pipeline == plain call on {agree}/{len(ok_records)} images")
 
 # %%
 baseline = FullImageDetector(baseline_model, decision)
-# warm-up (compiles) on 4 files, then 3 rounds of baseline, system over every file; the records hold no jax arrays
+# warm-up (compiles) on 4 files, then ROUNDS rounds of baseline, system over every file; the records hold no jax
+# arrays
 timed = bench.interleaved({"baseline": lambda: list(baseline.run(paths, 16)),
-                           "system": lambda: list(detector.run(paths, plan))}, rounds=3,
+                           "system": lambda: list(detector.run(paths, plan))}, rounds=ROUNDS,
                           warmup_fns={"baseline": lambda: list(baseline.run(paths[:4], 16)),
                                       "system": lambda: list(detector.run(paths[:4], plan))},
                           host={"baseline", "system"})
@@ -123,7 +129,7 @@ for name, recs in timed.results.items():
     tpr = np.mean([f for f, t in zip(found, truth) if t])
     fpr = np.mean([f for f, t in zip(found, truth) if not t])
     print(f"{name:9s} {timings[name]:7.1f} images/s  TPR {tpr:.2f}  FPR {fpr:.2f}")
-print(f"speedup {timed.ratio('baseline', 'system'):.1f}x (median of 3 interleaved rounds on a small folder; "
+print(f"speedup {timed.ratio('baseline', 'system'):.1f}x (median of {ROUNDS} interleaved rounds on a small folder; "
       f"experiments/qrmark_throughput.py measures it properly)")
 
 fig, ax = plt.subplots(figsize=(4, 3))

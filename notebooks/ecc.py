@@ -15,9 +15,12 @@
 # watermark codes (QRMark's Reed–Solomon RS(6, 4) over bytes and the BCH(48, 36) alternative), batched decoding
 # under `jit`, soft decoding from extractor logits, and why BCH is the default.
 #
-# Runs in seconds on a CPU: `python notebooks/ecc.py`.
+# Runs in seconds on a CPU: `python notebooks/ecc.py`. With `QRJAX_NOTEBOOK_SMOKE=1` (what the tests set) the
+# batches are smaller.
 
 # %%
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +29,8 @@ from qrjax import bench
 from qrjax.ecc import DEFAULT_WATERMARK_CODE, ReedSolomon, get_code
 
 rng = np.random.default_rng(0)
+SMOKE = os.environ.get("QRJAX_NOTEBOOK_SMOKE") == "1"  # smaller batches, same cells: for tests
+N_WORDS = 4096 if SMOKE else 65536
 
 # %% [markdown]
 # ## Reed–Solomon on symbols
@@ -95,8 +100,8 @@ for name in ("qrmark-rs", "qrmark-bch"):
 # search over the 6 positions and Forney's formula. It runs inside any `jit`.
 
 # %%
-big = jnp.asarray(rng.integers(0, 256, (65536, 6)))
+big = jnp.asarray(rng.integers(0, 256, (N_WORDS, 6)))
 decode = jax.jit(lambda w: rs.decode(w).message)
 timed = bench.interleaved({"decode": lambda: decode(big)}, rounds=3)  # a compiling warm-up call, then 3 timed calls
-print(f"{65536 / timed.median('decode'):,.0f} RS(6,4) decodes per second on {jax.default_backend()} (compile + "
+print(f"{N_WORDS / timed.median('decode'):,.0f} RS(6,4) decodes per second on {jax.default_backend()} (compile + "
       f"first call {timed.first_call_seconds['decode']:.1f} s)")

@@ -71,7 +71,7 @@ def test_train_rejects_unknown_overrides(tmp_path):
 
 
 def test_bench_json_and_demo(tmp_path, capsys):
-    rc = main(["watermark", "bench", "--images", "16", "--size", "256", "--format", "png", "--json", "--repeats",
+    rc = main(["watermark", "bench", "--images", "8", "--size", "256", "--format", "png", "--json", "--repeats",
                "1", "--batch", "8"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0

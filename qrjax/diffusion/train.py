@@ -10,7 +10,6 @@ run replays the batches of an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 from pathlib import Path
 
@@ -85,17 +84,11 @@ def eval_losses(config: DiTConfig, params, ae_arrays, images_u8, labels, key):
     return out
 
 
-@functools.lru_cache(maxsize=8)
-def _optimizer(config: DiTConfig):
-    # one optax chain per config: it is static metadata of the train state, so a new one would recompile train_step
-    return trainer.make_optimizer("adamw", config.learning_rate, config.steps, config.warmup_steps,
-                                  end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
-                                  grad_clip=config.grad_clip)
-
-
 def create_state(config: DiTConfig, key: jax.Array | None = None) -> trainer.TrainState:
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(config.seed) if key is None else key)
-    tx = _optimizer(config)
+    tx = trainer.make_optimizer("adamw", config.learning_rate, config.steps, config.warmup_steps,
+                                end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
+                                grad_clip=config.grad_clip)
     return trainer.TrainState.create(params, tx, batch_stats={"ema": jax.tree.map(jnp.copy, params)})
 
 

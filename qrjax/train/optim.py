@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 
@@ -18,9 +20,13 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int, *, end_learning_rate: float = 0.0,
                    weight_decay: float = 0.0, grad_clip: float | None = 1.0) -> optax.GradientTransformation:
-    """name: 'adamw' or 'lamb'."""
+    """name: 'adamw' or 'lamb'.
+
+    The same arguments return the same (immutable) transformation: it is static metadata of the TrainState, so a new
+    but equal one would make every jitted train step compile again."""
     schedule = make_schedule(learning_rate, steps, warmup_steps, end_learning_rate)
     if name == "adamw":
         opt = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)

@@ -106,7 +106,7 @@ def test_supergen_tiling_smoke(tmp_path):
     save_model(DiffusionModel(config, params, pixel_autoencoder(), ()), tmp_path / "tiny")
     cmd = [sys.executable, str(ROOT / "experiments" / "supergen_tiling.py"), "--model", str(tmp_path / "tiny"),
            "--scales", "2", "--seeds", "1", "--thresholds", "0", "1.4", "--devices", "1", "2", "--steps", "8",
-           "--sweep-rounds", "1",
+           "--sweep-rounds", "1", "--per-class", "1",
            "--restart", "2", "--repeats", "1", "--max-batch", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -43,7 +43,6 @@ import dataclasses
 import functools
 import math
 import time
-from functools import partial
 from typing import NamedTuple
 
 import jax

@@ -47,21 +47,23 @@ def block(x):
     return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
 
 
+def _timed(fn: Callable[[], Any], *, wait: bool = True, clock: Callable[[], float] = time.perf_counter):
+    """(result, wall seconds) of one call, `block_until_ready` on its arrays inside the timing when `wait`."""
+    start = clock()
+    out = fn()
+    if wait:
+        block(out)
+    return out, clock() - start
+
+
 def compile_seconds(fn: Callable, *args) -> float:
     """Time of the first call (trace + compile + one run)."""
-    start = time.perf_counter()
-    block(fn(*args))
-    return time.perf_counter() - start
+    return _timed(lambda: fn(*args))[1]
 
 
 def seconds(fn: Callable, *args, repeats: int = 1) -> float:
-    """Median wall time of `repeats` calls of an already warm function."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        block(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time of `repeats` calls of an already warm function (one variant: see `interleaved` for A/B)."""
+    return statistics.median(_timed(lambda: fn(*args))[1] for _ in range(repeats))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,12 +146,7 @@ def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup:
     warm = {k: [] for k in names}
     for _ in range(warmup):
         for k in names:
-            fn = (warmup_fns or {}).get(k, fns[k])
-            start = clock()
-            out = fn()
-            if k not in host:
-                block(out)
-            warm[k].append(clock() - start)
+            warm[k].append(_timed((warmup_fns or {}).get(k, fns[k]), wait=k not in host, clock=clock)[1])
     times: dict[Hashable, list[float]] = {k: [] for k in names}
     results: dict[Hashable, T] = {}
     order = []
@@ -160,11 +157,7 @@ def interleaved(fns: Mapping[Hashable, Callable[[], T]], *, rounds: int, warmup:
         steps = tqdm(steps, desc=progress if isinstance(progress, str) else "timing rounds", leave=False)
     for _ in steps:
         for k in names:
-            start = clock()
-            out = fns[k]()
-            if k not in host:
-                block(out)
-            elapsed = clock() - start
+            out, elapsed = _timed(fns[k], wait=k not in host, clock=clock)
             times[k].append(float(seconds(out)) if seconds is not None else elapsed)
             results[k] = out
             order.append(k)

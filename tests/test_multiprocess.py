@@ -133,23 +133,16 @@ def test_two_processes_form_one_mesh_equal_to_eight_local_devices(tmp_path):
 @pytest.fixture(scope="module")
 def detect_folder(tmp_path_factory):
     """Six PNGs: four watermarked with one key, two clean; plus one unreadable file (an error record)."""
-    from PIL import Image
-
-    from qrjax.data import bundled_source
     from qrjax.ecc import get_code
-    from qrjax.ecc.cli import bits_to_hex
-    from qrjax.watermark import embed, load_pretrained
+    from qrjax.ecc.hexbits import bits_to_hex
+    from qrjax.watermark import load_pretrained
+    from qrjax.watermark.benchmark import make_dataset
 
     d = tmp_path_factory.mktemp("mp_detect")
-    model, code = load_pretrained("cpu"), get_code("qrmark-bch")
-    rng = np.random.default_rng(1)
-    payload = rng.integers(0, 2, code.payload_bits).astype(np.uint8)
-    imgs = bundled_source("val", area=(0.3, 1.0)).sample(rng, 256, 6)
-    marked = embed(model, imgs[:4], np.asarray(code.encode(payload[None]))[0])
-    for i, im in enumerate([*marked, *imgs[4:]]):
-        Image.fromarray(im).save(d / f"img_{i}.png")
-    (d / "img_6.png").write_bytes(b"not a png")
-    return d, bits_to_hex(payload)
+    ds = make_dataset(d, load_pretrained("cpu"), get_code("qrmark-bch"), 6, 256, "png", seed=1, split="val",
+                      marked_fraction=4 / 6, progress=False)
+    (d / "000006.png").write_bytes(b"not a png")
+    return d, bits_to_hex(ds["payload"])
 
 
 @pytest.mark.slow  # about 50 s on two busy cores: three processes each load the model and compile

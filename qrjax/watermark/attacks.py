@@ -32,7 +32,7 @@ def draw(rng: np.random.Generator, config, step: int | None = None) -> tuple[str
         return name, float(config.crop_fractions[int(rng.integers(len(config.crop_fractions)))])
     if name == "jpeg":
         return name, int(config.jpeg_qualities[int(rng.integers(len(config.jpeg_qualities)))])
-    return name, None
+    return name, None  # real_jpeg draws its quality inside the step
 
 
 def apply(attack: tuple[str, float | int | None], key: jax.Array, x: jax.Array, config) -> jax.Array:
@@ -59,6 +59,11 @@ def apply(attack: tuple[str, float | int | None], key: jax.Array, x: jax.Array, 
         return jnp.clip(x + config.noise_std * jax.random.normal(key, x.shape), 0.0, 1.0)
     if name == "jpeg":
         return jpeg(x, param)
+    if name == "real_jpeg":
+        lo, hi = config.real_jpeg_qualities
+        return real_jpeg(x, jax.random.randint(key, (), lo, hi + 1))
+    if name == "jitter":
+        return misregister(key, x, config.jitter)
     raise ValueError(f"unknown training attack {name!r}")
 
 
@@ -174,6 +179,67 @@ def jpeg(x: jax.Array, quality: int) -> jax.Array:
     rgb = jnp.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
     rgb = _round_ste(jnp.clip(rgb, 0.0, 255.0)) / 255.0
     return rgb[:, :h, :w]
+
+
+# --- real JPEG (libjpeg through Pillow) in the forward pass, identity in the backward pass.
+
+
+def _jpeg_batch_host(x: np.ndarray, quality) -> np.ndarray:
+    q = int(quality)
+    u8 = np.clip(np.round(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+    return np.stack([jpeg_pil(im, q) for im in u8]).astype(np.float32) / 255.0
+
+
+@jax.custom_vjp
+def real_jpeg(x: jax.Array, quality: jax.Array) -> jax.Array:
+    """Pillow's JPEG at `quality` (a traced int32 scalar, so every quality shares one compiled step) of
+    f32[B, H, W, 3] in [0, 1], through a host callback; the gradient passes straight through (Zhang et al., ACM
+    MM'21; Stable Signature's `x + (jpeg(x) - x).detach()`), so the forward pass is the exact codec."""
+    return jax.pure_callback(_jpeg_batch_host, jax.ShapeDtypeStruct(x.shape, jnp.float32), x, quality)
+
+
+def _real_jpeg_fwd(x, quality):
+    return real_jpeg(x, quality), quality
+
+
+def _real_jpeg_bwd(quality, g):
+    return g, np.zeros(np.shape(quality), jax.dtypes.float0)
+
+
+real_jpeg.defvjp(_real_jpeg_fwd, _real_jpeg_bwd)
+
+
+def misregister(key: jax.Array, x: jax.Array, amount: tuple[float, float, float]) -> jax.Array:
+    """A small per-image similarity warp of f32[B, H, W, C] (bilinear, edge-clamped): shift up to amount[0] px,
+    scale within 1 +- amount[1], rotation up to amount[2] degrees, about the centre. Trains the extractor to read
+    through the residual error the detector's synchronisation leaves."""
+    b, h, w, _ = x.shape
+    ks, kz, kr = jax.random.split(key, 3)
+    shift = jax.random.uniform(ks, (b, 2), minval=-amount[0], maxval=amount[0])
+    scale = 1.0 + jax.random.uniform(kz, (b,), minval=-amount[1], maxval=amount[1])
+    theta = jnp.deg2rad(jax.random.uniform(kr, (b,), minval=-amount[2], maxval=amount[2]))
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
+                          jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing="ij")
+    c, s = jnp.cos(theta)[:, None, None], jnp.sin(theta)[:, None, None]
+    z = scale[:, None, None]
+    sy = (c * yy - s * xx) / z + (h - 1) / 2 + shift[:, 0, None, None]
+    sx = (s * yy + c * xx) / z + (w - 1) / 2 + shift[:, 1, None, None]
+    return jax.vmap(bilinear_sample)(x, sy, sx)
+
+
+def bilinear_sample(img: jax.Array, sy: jax.Array, sx: jax.Array) -> jax.Array:
+    """img f32[H, W, C] at fractional (sy, sx) f32[...] (edge-clamped) -> f32[..., C]."""
+    h, w = img.shape[:2]
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+
+    def at(yi, xi):
+        return img[jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)]
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy
 
 
 # --------------------------------------------------------------------------------------------- evaluation attacks

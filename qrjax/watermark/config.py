@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from qrjax.config import from_preset
 
-ATTACKS = ("identity", "flip", "crop", "resized_crop", "blur", "color", "noise", "jpeg")
+ATTACKS = ("identity", "flip", "crop", "resized_crop", "blur", "color", "noise", "jpeg", "real_jpeg", "jitter")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class WatermarkConfig:
     extractor_highpass: bool = True
     carrier_period: int = 16  # 0: plain HiDDeN message broadcast (the paper preset)
     extractor_period: int = 0  # 0: HiDDeN pooling; p: periodic demodulation in phase with the tile grid
+    carrier_band: int = 0  # > 0: carrier and demodulation in harmonics |k|, |l| <= band of the period (JPEG keeps them)
+    luma: bool = False  # embed and read the luma plane only (JPEG subsamples and coarsely quantises chroma)
+    highpass_size: int = 3  # box side of the extractor's prefilter (the period: box nulls on every carrier harmonic)
     # Geometry: images are brought to working_size, cut into tile x tile cells; the extractor reads one tile.
     working_size: int = 256
     tile: int = 64
@@ -36,13 +39,15 @@ class WatermarkConfig:
     strength_warmup_steps: int = 5000
     # Training distortions, one drawn per batch, with their weights.
     attacks: tuple[str, ...] = ATTACKS
-    attack_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+    attack_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.0, 0.0)
     crop_fractions: tuple[float, ...] = (0.3, 0.7)  # kept area fractions (QRMark: RandomCrop to floor(s*sqrt(f)))
     blur_sigma: tuple[float, float] = (0.5, 2.0)
     blur_kernel: int = 9
     color_range: float = 0.5  # brightness and contrast factors drawn from [1 - r, 1 + r]
     noise_std: float = 0.02
-    jpeg_qualities: tuple[int, ...] = (50, 80)
+    jpeg_qualities: tuple[int, ...] = (50, 80)  # the differentiable approximation's qualities
+    real_jpeg_qualities: tuple[int, int] = (50, 95)  # Pillow's codec, quality uniform in [lo, hi], straight-through
+    jitter: tuple[float, float, float] = (1.0, 0.02, 0.5)  # misregistration: px shift, scale, degrees
     attack_warmup_steps: int = 1500  # identity only at first: the extractor must find the mark before it is attacked
     # Losses.
     lambda_bits: float = 1.0
@@ -86,14 +91,18 @@ PRESETS: dict[str, WatermarkConfig] = {
                              optimizer="lamb",
                              learning_rate=2.5e-3, batch_size=64, steps=100_000, warmup_steps=2000,
                              checkpoint_every=2000, eval_every=2000, log_every=100, eval_images=256),
-    # Learned periodic carriers in the encoder and periodic demodulation in the extractor, in phase on the 64-pixel
-    # tile grid; trained on 64-pixel tiles. Crop, resized crop and flip are left out of the training distortions:
-    # they move the grid's phase, which this extractor reads and does not search for.
+    # A 16-px periodic luma carrier restricted to harmonics |k|, |l| <= 3 (where JPEG keeps it and a 0.5x downscale
+    # does not alias it), one basis sinusoid per bit at init, scaled by a per-pixel gain the encoder chooses;
+    # periodic demodulation in the same band after a 16-px box high-pass (whose nulls fall on every harmonic),
+    # in phase on the 64-pixel tile grid, or after the detector's synchronisation search. Trained against real
+    # JPEG (straight-through, 40% of batches) and small misregistrations (what synchronisation leaves).
     "cpu": WatermarkConfig(name="cpu", channels=16, encoder_blocks=2, extractor_blocks=2, carrier_period=16,
-                           extractor_period=16, tile=64, train_tile=64, batch_size=32, steps=3000,
-                           attacks=("identity", "blur", "color", "noise", "jpeg"),
-                           attack_weights=(2.0, 1.0, 1.0, 1.0, 3.0), attack_warmup_steps=300,
-                           strength_warmup_steps=600, warmup_steps=100, log_every=50, checkpoint_every=500,
+                           extractor_period=16, carrier_band=3, luma=True, highpass_size=16, tile=64, train_tile=64,
+                           batch_size=32, steps=2000,
+                           attacks=("identity", "blur", "color", "noise", "jpeg", "real_jpeg", "jitter"),
+                           attack_weights=(1.0, 1.0, 1.0, 0.5, 1.0, 4.0, 1.5), blur_sigma=(0.5, 1.2),
+                           attack_warmup_steps=100, strength_warmup_steps=400, strength_start_scale=2.0,
+                           learning_rate=1e-3, warmup_steps=50, log_every=50, checkpoint_every=250,
                            eval_every=250),
     "tiny": WatermarkConfig(name="tiny", bits=48, channels=8, encoder_blocks=1, extractor_blocks=1, working_size=32,
                             tile=16, train_tile=16, carrier_period=8, extractor_period=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,

@@ -157,7 +157,8 @@ def _eval_batch(config, variables, images_u8, bits):
     res, _ = encoder_residual(config, variables["encoder"], x, bits)
     xw = quantize(x + res)
     out = {"psnr": jnp.mean(psnr(x, xw, 1.0))}
-    for name, xa in (("none", xw), ("jpeg80", attacks.jpeg(xw, 80)), ("jpeg50", attacks.jpeg(xw, 50))):
+    for name, xa in (("none", xw), ("jpeg80", attacks.real_jpeg(xw, jnp.int32(80))),
+                     ("jpeg50", attacks.real_jpeg(xw, jnp.int32(50)))):
         logits, _ = extractor_logits(config, variables["extractor"], xa, whitening=variables.get("whitening"))
         out[f"bit_acc_{name}"] = jnp.mean((logits > 0) == (bits > 0))
     return out

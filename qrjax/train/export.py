@@ -41,10 +41,13 @@ def config_from_dict(cls: type, d: dict, source: str | Path = "<dict>"):
     """cls(**d), with lists restored to tuples for tuple-typed fields.
 
     Every field of cls must be in d and every key of d must be a field: a missing or unknown field raises a ValueError
-    naming the class, `source` (the file d was read from) and the fields, never a silent default or drop."""
+    naming the class, `source` (the file d was read from) and the fields, never a silent default or drop. The one
+    exception is a field the class lists in its `ADDED_FIELDS` {name: value}: fields added after models were saved,
+    with the value that reproduces what files written before them meant, filled in when missing."""
     if not isinstance(d, dict):
         raise ValueError(f"{source}: the {cls.__name__} config is a {type(d).__name__}, expected a JSON object")
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    d = {**{k: v for k, v in getattr(cls, "ADDED_FIELDS", {}).items() if k in fields}, **d}
     unknown = sorted(set(d) - set(fields))
     missing = [f for f in fields if f not in d]
     if unknown or missing:

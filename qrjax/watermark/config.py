@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from qrjax.config import from_preset
 
@@ -30,7 +31,8 @@ class WatermarkConfig:
     placement: str = "random_grid"  # fixed | random_grid | random
     full_image: bool = False  # the sequential baseline: train and read whole working-size images
     train_tile: int = 16  # tile side the networks are trained on (fully convolutional: they read `tile` at test time)
-    # Embedding: residual = strength * tanh(...), in [0, 1] pixel units, so PSNR >= -20 log10(strength).
+    # Embedding: residual = strength * tanh(...), in [0, 1] pixel units, so PSNR >= -20 log10(strength); with a
+    # band-limited carrier the residual has RMS strength per tile instead, so PSNR = -20 log10(strength) (+ rounding).
     strength: float = 3.0 / 255.0
     refine_steps: int = 0  # embed-time Adam steps on the residual against the extractor (embed.refine_residual)
     # Training curriculum: the mark starts strength_start_scale times stronger and shrinks linearly to `strength`
@@ -73,6 +75,10 @@ class WatermarkConfig:
     checkpoint_every: int = 1000
     eval_every: int = 1000
     eval_images: int = 64
+
+    # Fields added after models were saved, and the values that reproduce what older model files meant (JSON form).
+    ADDED_FIELDS: ClassVar[dict] = {"carrier_band": 0, "luma": False, "highpass_size": 3,
+                                    "real_jpeg_qualities": [50, 95], "jitter": [1.0, 0.02, 0.5]}
 
     @property
     def read_size(self) -> int:

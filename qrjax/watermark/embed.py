@@ -103,8 +103,15 @@ def refine_residual(config: WatermarkConfig, variables, work, unit_residual, bit
     g = None if config.full_image else tiling.grid(s, s, config.tile)
     target = bits if g is None else jnp.repeat(bits, len(g), axis=0)
 
+    def residual(u):  # a luma model's residual stays one plane, added equally to R, G and B
+        if config.carrier_band:  # the encoder's bound: RMS amplitude (see Encoder)
+            r = amplitude * u * jax.lax.rsqrt(jnp.mean(u ** 2, axis=(1, 2, 3), keepdims=True) + 1e-12)
+        else:  # peak amplitude
+            r = amplitude * jnp.tanh(u)
+        return jnp.broadcast_to(r, work.shape) if config.luma else r
+
     def loss(u):
-        xw = jnp.clip(work + amplitude * jnp.tanh(u), 0.0, 1.0)
+        xw = jnp.clip(work + residual(u), 0.0, 1.0)
         read = xw if g is None else tiling.extract_grid(xw, g).reshape(b * len(g), config.tile, config.tile, 3)
         logits, _ = extractor_logits(config, variables["extractor"], read, whitening=variables.get("whitening"))
         return bit_loss(logits, target)
@@ -116,9 +123,10 @@ def refine_residual(config: WatermarkConfig, variables, work, unit_residual, bit
         updates, opt_state = opt.update(jax.grad(loss)(u), opt_state, u)
         return (optax.apply_updates(u, updates), opt_state), None
 
-    u0 = jnp.arctanh(jnp.clip(unit_residual, -0.99, 0.99))
+    u0 = unit_residual[..., :1] if config.luma else unit_residual
+    u0 = u0 if config.carrier_band else jnp.arctanh(jnp.clip(u0, -0.99, 0.99))
     (u, _), _ = jax.lax.scan(step, (u0, opt.init(u0)), None, length=steps)
-    return amplitude * jnp.tanh(u)
+    return residual(u)
 
 
 def check_images(images, name="images") -> list[np.ndarray] | np.ndarray:

@@ -129,14 +129,20 @@ class Encoder(nn.Module):
             period = jnp.einsum("bl,ijlc->bijc", pm, carrier)  # one learned pattern per bit and channel
             modulated = jnp.tile(period, (1, -(-h // p), -(-w // p), 1))[:, :h, :w]
             parts.append(modulated)
-        x = ConvBlock(self.channels)(jnp.concatenate(parts + [x, images], axis=-1), train)
         out_channels = 1 if self.luma else 3
         if self.carrier_period and self.carrier_band:
-            # the band-limited texture, scaled per pixel by a positive gain the image chooses (texture masking);
-            # the only path to the residual, so the residual keeps the carrier's spectrum up to that slow gain
+            # the band-limited texture, scaled per pixel by a positive gain that only the image chooses (texture
+            # masking): the message reaches the residual linearly, so the residual keeps the carrier's spectrum up
+            # to that slowly varying gain. Normalised to unit RMS per image instead of squashed by tanh (whose
+            # saturation would add the carrier's third harmonics, out of band): the strength is then the RMS and
+            # fixes the PSNR, -20 log10(strength) before rounding.
+            x = ConvBlock(self.channels)(jnp.concatenate([x, images], axis=-1), train)
             gain = nn.softplus(nn.Conv(out_channels, (1, 1), bias_init=nn.initializers.constant(0.5))(x))
             out = gain * nn.Conv(out_channels, (1, 1), use_bias=False)(modulated)
+            out = out * jax.lax.rsqrt(jnp.mean(out ** 2, axis=(1, 2, 3), keepdims=True) + 1e-12)
+            return jnp.broadcast_to(out, (b, h, w, 3)) if self.luma else out
         else:
+            x = ConvBlock(self.channels)(jnp.concatenate(parts + [x, images], axis=-1), train)
             out = nn.Conv(out_channels, (1, 1))(x)
             if self.carrier_period:  # and a direct, linear path from the modulated texture to the residual
                 out = out + nn.Conv(out_channels, (1, 1), use_bias=False)(modulated)

@@ -95,6 +95,18 @@ def test_unknown_and_missing_config_fields_are_named():
         export.config_from_dict(Toy, d)
 
 
+def test_fields_added_later_load_from_older_files_with_their_old_meaning():
+    old = export.config_to_dict(watermark_config("cpu"))
+    for name in WatermarkConfig.ADDED_FIELDS:
+        del old[name]
+    back = export.config_from_dict(WatermarkConfig, old)
+    assert (back.carrier_band, back.luma, back.highpass_size) == (0, False, 3)  # what files without them meant
+    assert back.jitter == (1.0, 0.02, 0.5) and type(back.jitter) is tuple
+    del old["steps"]  # any other missing field is still an error
+    with pytest.raises(ValueError, match=r"missing fields \['steps'\]"):
+        export.config_from_dict(WatermarkConfig, old)
+
+
 def test_workdir_check_writes_once_then_lists_every_difference(tmp_path):
     config = watermark_config("tiny")
     path = export.check_workdir_config(tmp_path / "run", config)

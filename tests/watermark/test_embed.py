@@ -20,26 +20,42 @@ def photos():
     return imgs["grace_hopper"], imgs["coffee"]
 
 
-def test_embed_any_size_stays_within_the_strength_bound(tiny_model, photos):
+def within_strength(config, src, dst) -> bool:
+    """A band-limited model's residual has RMS strength (the PSNR is fixed); an unrestricted one's is tanh-bounded
+    (a peak bound); plus uint8 rounding, and the linear resampling of the residual only lowers either."""
+    d = dst.astype(float) - src
+    if config.carrier_band:
+        return np.sqrt(np.mean(d ** 2)) <= np.hypot(config.strength * 255, 0.5)
+    return np.abs(d).max() <= np.ceil(config.strength * 255 + 0.5)
+
+
+@pytest.mark.parametrize("band", [True, False])
+def test_embed_any_size_stays_within_the_strength_bound(tiny_model, photos, band):
+    if not band:
+        config = get_config("tiny", ["carrier_band=0", "luma=false"])
+        tiny_model = WatermarkModel(config, init_variables(config, jax.random.key(0)))
     config = tiny_model.config
     bits = np.random.default_rng(0).integers(0, 2, config.bits)
     batch = np.stack([photos[0][:32, :32], photos[1][:32, :32]])
     out = embed(tiny_model, batch, bits)
     assert out.dtype == np.uint8 and out.shape == batch.shape
-    bound = np.ceil(config.strength * 255 + 0.5)  # tanh residual times strength, plus rounding to uint8
     sized = embed(tiny_model, [photos[0][:50, :70], photos[1][:40, :33]], bits)
     for src, dst in [(batch[0], out[0]), (batch[1], out[1]), (photos[0][:50, :70], sized[0]),
                      (photos[1][:40, :33], sized[1])]:
         assert dst.shape == src.shape
-        assert np.abs(dst.astype(int) - src).max() <= bound
+        assert within_strength(config, src, dst)
+        if config.luma:  # one luma plane: R, G and B move together (up to clipping at 0 and 255)
+            d = dst.astype(int) - src
+            inside = (dst > 0).all(-1) & (dst < 255).all(-1)  # not clipped
+            assert np.abs(d[..., 0] - d[..., 1])[inside].max() <= 1 and np.abs(d[..., 0] - d[..., 2])[inside].max() <= 1
     logits = extract(tiny_model, out)
     assert logits.shape == (2, config.bits)
     assert extract(tiny_model, [out[0], photos[0][:8, :9]]).shape == (2, config.bits)  # small image scaled to a tile
 
 
-def test_refinement_lowers_the_extractor_loss_within_the_same_peak_bound(tiny_model, photos):
+def test_refinement_lowers_the_extractor_loss_within_the_same_bound(tiny_model, photos):
     """Informed embedding against an independent computation of the loss it descends (bit BCE over every grid tile,
-    read back from the uint8 output): more steps give a lower loss, and no pixel moves further than the bound."""
+    read back from the uint8 output): more steps give a lower loss, within the same strength bound."""
     from qrjax import tiling
     from qrjax.watermark.embed import extractor_logits
 
@@ -55,10 +71,9 @@ def test_refinement_lowers_the_extractor_loss_within_the_same_peak_bound(tiny_mo
         return np.mean(np.logaddexp(0.0, -sign * logits))
 
     losses = []
-    bound = np.ceil(config.strength * 255 + 0.5)
     for steps in (0, 5, 30):
         out = embed(tiny_model, batch, bits, refine_steps=steps)
-        assert np.abs(out.astype(int) - batch).max() <= bound
+        assert all(within_strength(config, batch[i], out[i]) for i in range(2))
         losses.append(bce(out))
     assert losses[0] > losses[1] > losses[2], losses
     with pytest.raises(ValueError, match="refine_steps: expected >= 0"):

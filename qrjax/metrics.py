@@ -29,7 +29,7 @@ def _as_float(x) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _check_images(name: str, x, y) -> None:
+def check_images(name: str, x, y) -> None:
     if jnp.shape(x) != jnp.shape(y):
         raise ValueError(f"{name}: the two images differ in shape: {jnp.shape(x)} vs {jnp.shape(y)}")
     if jnp.ndim(x) < 3:
@@ -44,7 +44,7 @@ def psnr(x, y, data_range) -> jax.Array:
     data_range: the value span of the images, e.g. 255.0 for uint8, 1.0 for [0, 1] floats (a scalar; may be traced).
     Returns float32[...] (float64 with x64 and float64 inputs); +inf where the images are identical, as in
     scikit-image."""
-    _check_images("psnr", x, y)
+    check_images("psnr", x, y)
     return _psnr(_as_float(x), _as_float(y), data_range)
 
 
@@ -69,7 +69,7 @@ def ssim(x, y, data_range, *, win_size: int = 7, gaussian: bool = False, sigma: 
     As in scikit-image, local statistics come from a separable filter, only windows that lie wholly inside the image
     count (a border of half a window is left out), K1 = 0.01 and K2 = 0.03.
     Returns float32[...] (float64 with x64 and float64 inputs); 1.0 where the images are identical."""
-    _check_images("ssim", x, y)
+    check_images("ssim", x, y)
     if gaussian:
         if not sigma > 0:
             raise ValueError(f"ssim: sigma must be positive, got {sigma}")

@@ -145,6 +145,40 @@ def stitch(tiles: jax.Array, g: TileGrid, weights: jax.Array | None = None) -> j
 
 # --- Resampling geometry: which source pixels one tile of a resized image reads, and with which weights. ---------
 
+def bilinear_sample(img: jax.Array, sy: jax.Array, sx: jax.Array) -> jax.Array:
+    """img f32[H, W, C] at fractional coordinates (sy, sx) f32[...] (edge-clamped) -> f32[..., C]."""
+    h, w = img.shape[:2]
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+
+    def at(yi, xi):
+        return img[jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)]
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def similarity_warp(img: jax.Array, zoom, degrees, shift=(0.0, 0.0), out_shape: tuple[int, int] | None = None):
+    """Bilinear similarity warp of img f32[H, W, C] -> f32[out_h, out_w, C] (default: img's shape), edge-clamped.
+
+    Output pixel q shows the input at c_in + shift + R(degrees) (q - c_out) / zoom, with c_* the frames' centres
+    and R the rotation matrix [[cos, -sin], [sin, cos]] on (y, x): the content turns clockwise as displayed, so
+    warping an image Pillow turned by `rotate(d)` (counter-clockwise) with degrees=d undoes the turn, and zoom 2
+    magnifies 2x. zoom, degrees and shift (dy, dx) may be traced."""
+    h, w = img.shape[:2]
+    oh, ow = out_shape or (h, w)
+    qy, qx = jnp.meshgrid(jnp.arange(oh, dtype=jnp.float32) - (oh - 1) / 2,
+                          jnp.arange(ow, dtype=jnp.float32) - (ow - 1) / 2, indexing="ij")
+    t = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+    c, s = jnp.cos(t), jnp.sin(t)
+    z = jnp.asarray(zoom, jnp.float32)
+    sy = (c * qy - s * qx) / z + (h - 1) / 2 + shift[0]
+    sx = (s * qy + c * qx) / z + (w - 1) / 2 + shift[1]
+    return bilinear_sample(img, sy, sx)
+
+
 def read_shape(height: int, width: int, working: int, tile: int | None) -> tuple[int, int]:
     """Shape at which a detector reads an image of (height, width): the working size when both sides reach it, the
     image's own scale when smaller (a crop, a thumbnail), scaled up so the short side holds one `tile` when even that

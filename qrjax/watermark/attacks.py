@@ -211,35 +211,14 @@ real_jpeg.defvjp(_real_jpeg_fwd, _real_jpeg_bwd)
 
 def misregister(key: jax.Array, x: jax.Array, amount: tuple[float, float, float]) -> jax.Array:
     """A small per-image similarity warp of f32[B, H, W, C] (bilinear, edge-clamped): shift up to amount[0] px,
-    scale within 1 +- amount[1], rotation up to amount[2] degrees, about the centre. Trains the extractor to read
+    zoom within 1 +- amount[1], rotation up to amount[2] degrees, about the centre. Trains the extractor to read
     through the residual error the detector's synchronisation leaves."""
-    b, h, w, _ = x.shape
+    b = x.shape[0]
     ks, kz, kr = jax.random.split(key, 3)
     shift = jax.random.uniform(ks, (b, 2), minval=-amount[0], maxval=amount[0])
-    scale = 1.0 + jax.random.uniform(kz, (b,), minval=-amount[1], maxval=amount[1])
-    theta = jnp.deg2rad(jax.random.uniform(kr, (b,), minval=-amount[2], maxval=amount[2]))
-    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
-                          jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing="ij")
-    c, s = jnp.cos(theta)[:, None, None], jnp.sin(theta)[:, None, None]
-    z = scale[:, None, None]
-    sy = (c * yy - s * xx) / z + (h - 1) / 2 + shift[:, 0, None, None]
-    sx = (s * yy + c * xx) / z + (w - 1) / 2 + shift[:, 1, None, None]
-    return jax.vmap(bilinear_sample)(x, sy, sx)
-
-
-def bilinear_sample(img: jax.Array, sy: jax.Array, sx: jax.Array) -> jax.Array:
-    """img f32[H, W, C] at fractional (sy, sx) f32[...] (edge-clamped) -> f32[..., C]."""
-    h, w = img.shape[:2]
-    y0, x0 = jnp.floor(sy), jnp.floor(sx)
-    fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
-    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
-
-    def at(yi, xi):
-        return img[jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)]
-
-    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
-    return top * (1 - fy) + bottom * fy
+    zoom = 1.0 + jax.random.uniform(kz, (b,), minval=-amount[1], maxval=amount[1])
+    degrees = jax.random.uniform(kr, (b,), minval=-amount[2], maxval=amount[2])
+    return jax.vmap(lambda im, z, d, sh: tiling.similarity_warp(im, z, d, sh))(x, zoom, degrees, shift)
 
 
 # --------------------------------------------------------------------------------------------- evaluation attacks

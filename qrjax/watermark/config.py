@@ -105,7 +105,8 @@ PRESETS: dict[str, WatermarkConfig] = {
                            learning_rate=1e-3, warmup_steps=50, log_every=50, checkpoint_every=250,
                            eval_every=250),
     "tiny": WatermarkConfig(name="tiny", bits=48, channels=8, encoder_blocks=1, extractor_blocks=1, working_size=32,
-                            tile=16, train_tile=16, carrier_period=8, extractor_period=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,
+                            tile=16, train_tile=16, carrier_period=8, extractor_period=8, carrier_band=2, luma=True,
+                            highpass_size=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,
                             strength_warmup_steps=0, blur_kernel=5, log_every=1,
                             checkpoint_every=2, eval_every=2, eval_images=8),
 }

@@ -121,7 +121,7 @@ def refine_residual(config: WatermarkConfig, variables, work, unit_residual, bit
     return amplitude * jnp.tanh(u)
 
 
-def _check_images(images, name="images") -> list[np.ndarray] | np.ndarray:
+def check_images(images, name="images") -> list[np.ndarray] | np.ndarray:
     if isinstance(images, np.ndarray | jax.Array):
         arr = np.asarray(images)
         if arr.ndim == 3:
@@ -145,7 +145,7 @@ def embed(model: WatermarkModel, images, payload_bits, *, strength: float = 1.0,
     refine_residual. Returns uint8 of the same shape(s).
     """
     config = model.config
-    imgs = _check_images(images)
+    imgs = check_images(images)
     bits = np.asarray(payload_bits)
     if bits.ndim == 1:
         bits = np.broadcast_to(bits, (len(imgs), bits.shape[0]))
@@ -184,7 +184,7 @@ def extract(model: WatermarkModel, images, *, key: jax.Array | None = None, plac
     "fixed" reads grid cell `cell` = (row, col)); full-image models, or full_image=True, read the whole image.
     """
     config = model.config
-    imgs = _check_images(images)
+    imgs = check_images(images)
     full = config.full_image if full_image is None else full_image
     read = None if full else (tile or config.tile)
     placement = placement or config.placement

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # both cores busy (measured faster on the 2-core CPU). PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test install peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ $(TEST_STAMP): $(STAMP)
 	touch $@
 
 install: $(STAMP)
+
+# Peer watermark for experiments/qrmark_robustness.py: invisible-watermark's dwtDct (see experiments/peers.py).
+# --no-deps: the package also declares torch and onnxruntime, for a method (RivaGAN) the experiments do not run;
+# the "peers" extra adds only what dwtDct imports. Tests never need it (they skip without it).
+peers: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[peers]"
+	$(BIN)/pip install --quiet --no-deps invisible-watermark==0.2.0
 
 demo: $(STAMP)
 	$(BIN)/qrjax demo

@@ -225,28 +225,42 @@ def misregister(key: jax.Array, x: jax.Array, amount: tuple[float, float, float]
 
 
 def jpeg_pil(img: np.ndarray, quality: int) -> np.ndarray:
+    """uint8[H, W, 3] through libjpeg (Pillow's defaults: 4:2:0 chroma, standard tables at IJG `quality`)."""
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def center_crop(img: np.ndarray, area_fraction: float) -> np.ndarray:
+def center_crop_sides(img: np.ndarray, side_fraction: float) -> np.ndarray:
+    """The centred round(side_fraction * H) x round(side_fraction * W) window of uint8[H, W, 3], not resized back
+    (OmniSealBench's crop "edge ratio"; VideoSeal floors the size and places the window at random)."""
     h, w = img.shape[:2]
-    s = np.sqrt(area_fraction)
-    ch, cw = max(1, round(h * s)), max(1, round(w * s))
+    ch, cw = max(1, round(h * side_fraction)), max(1, round(w * side_fraction))
     y, x = (h - ch) // 2, (w - cw) // 2
     return img[y:y + ch, x:x + cw]
 
 
+def center_crop(img: np.ndarray, area_fraction: float) -> np.ndarray:
+    """The centred window keeping `area_fraction` of the AREA (each side scaled by sqrt(area_fraction))."""
+    return center_crop_sides(img, float(np.sqrt(area_fraction)))
+
+
 def resize_pil(img: np.ndarray, scale: float) -> np.ndarray:
+    """Both sides scaled by `scale` (rounded), Pillow bilinear. Pillow's resize is a separable convolution whose
+    triangle filter is widened by the reduction factor, so downscales are antialiased (like torchvision's
+    antialias=True) with or without `reducing_gap`; its default reducing_gap=None skips the box pre-reduction."""
     h, w = img.shape[:2]
     return np.asarray(Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))),
                                                   Image.BILINEAR))
 
 
-def blur_np(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Exact Gaussian blur (radius 4 sigma, mirror padding), rounded back to uint8."""
-    radius = int(4 * sigma + 0.5)
+def blur_np(img: np.ndarray, sigma: float, kernel_size: int | None = None) -> np.ndarray:
+    """Exact separable Gaussian blur of uint8[H, W, 3] with mirror padding that excludes the edge pixel (numpy
+    "reflect", torch "reflect", OpenCV BORDER_REFLECT_101), rounded back to uint8. kernel_size (odd; default
+    2 * round(4 sigma) + 1, radius 4 sigma) taps of exp(-x^2 / 2 sigma^2), normalised."""
+    radius = int(4 * sigma + 0.5) if kernel_size is None else kernel_size // 2
+    if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
+        raise ValueError(f"kernel_size {kernel_size}: expected a positive odd number")
     r = np.arange(-radius, radius + 1)
     k = np.exp(-0.5 * (r / sigma) ** 2)
     k /= k.sum()
@@ -257,29 +271,75 @@ def blur_np(img: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
+def opencv_sigma(kernel_size: int) -> float:
+    """The sigma OpenCV's getGaussianKernel (and torchvision's GaussianBlur with sigma=None, hence VideoSeal and
+    OmniSealBench) uses for a kernel_size-tap kernel: 0.3 * ((k - 1) / 2 - 1) + 0.8."""
+    return 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+
+
+def blur_kernel(img: np.ndarray, kernel_size: int) -> np.ndarray:
+    """Gaussian blur with a kernel_size-tap kernel at OpenCV's default sigma (torchvision GaussianBlur(k))."""
+    return blur_np(img, opencv_sigma(kernel_size), kernel_size)
+
+
 def brightness_pil(img: np.ndarray, factor: float) -> np.ndarray:
+    """Pillow ImageEnhance.Brightness: blend with black (img * factor, clipped)."""
     return np.asarray(ImageEnhance.Brightness(Image.fromarray(img)).enhance(factor))
 
 
 def contrast_pil(img: np.ndarray, factor: float) -> np.ndarray:
+    """Pillow ImageEnhance.Contrast: blend with the image's mean grey level (rounded to an integer)."""
     return np.asarray(ImageEnhance.Contrast(Image.fromarray(img)).enhance(factor))
 
 
 def rotate_pil(img: np.ndarray, degrees: float) -> np.ndarray:
+    """Counter-clockwise rotation about the image centre, same size, bilinear, black corners (PIL's rotate;
+    torchvision's F.rotate does the same with nearest-neighbour sampling by default)."""
     return np.asarray(Image.fromarray(img).rotate(degrees, resample=Image.BILINEAR))
 
 
+def _combined(img: np.ndarray, quality: int, side_fraction: float, factor: float) -> np.ndarray:
+    # VideoSeal's Sequential(JPEG(), Crop(), Brightness()) applies its members in order: JPEG first.
+    return brightness_pil(center_crop_sides(jpeg_pil(img, quality), side_fraction), factor)
+
+
+# The issue's table: OmniSealBench / VideoSeal validation attacks (rotations, edge ratios, blur kernels, the combined
+# attack) with the JPEG and resize levels the QRMark targets name. Order = the table's row order.
+STANDARD_ATTACKS = (
+    "none", "jpeg50", "jpeg60", "jpeg70", "jpeg80", "jpeg90", "crop0.55", "crop0.71",
+    "resize0.5", "resize0.71", "resize1.5", "resize2.0", "rotate2", "rotate5", "rotate10", "blur3", "blur5",
+    "brightness0.5", "brightness1.5", "contrast0.5", "contrast1.5", "jpeg80+crop0.71+brightness0.5",
+)
+
+
+def _standard() -> dict:
+    out = {"none": lambda im: im}
+    for q in (50, 60, 70, 80, 90):
+        out[f"jpeg{q}"] = partial(jpeg_pil, quality=q)
+    for f in (0.55, 0.71):
+        out[f"crop{f}"] = partial(center_crop_sides, side_fraction=f)
+    for f in (0.5, 0.71, 1.5, 2.0):
+        out[f"resize{f}"] = partial(resize_pil, scale=f)
+    for d in (2, 5, 10):
+        out[f"rotate{d}"] = partial(rotate_pil, degrees=float(d))
+    for k in (3, 5):
+        out[f"blur{k}"] = partial(blur_kernel, kernel_size=k)
+    for f in (0.5, 1.5):
+        out[f"brightness{f}"] = partial(brightness_pil, factor=f)
+        out[f"contrast{f}"] = partial(contrast_pil, factor=f)
+    out["jpeg80+crop0.71+brightness0.5"] = partial(_combined, quality=80, side_fraction=0.71, factor=0.5)
+    if set(out) != set(STANDARD_ATTACKS):
+        raise AssertionError(f"STANDARD_ATTACKS and their functions differ: {set(out) ^ set(STANDARD_ATTACKS)}")
+    return {name: out[name] for name in STANDARD_ATTACKS}
+
+
+# STANDARD_ATTACKS first, then the older names the demo, notebook and tests use (crop/resize in AREA percent).
 EVAL_ATTACKS = {
-    "none": lambda im: im,
-    "jpeg80": lambda im: jpeg_pil(im, 80),
-    "jpeg50": lambda im: jpeg_pil(im, 50),
+    **_standard(),
     "crop50": lambda im: center_crop(im, 0.5),
     "crop10": lambda im: center_crop(im, 0.1),
     "resize50": lambda im: resize_pil(im, 0.5),
     "blur2": lambda im: blur_np(im, 2.0),
-    "brightness1.5": lambda im: brightness_pil(im, 1.5),
-    "contrast1.5": lambda im: contrast_pil(im, 1.5),
-    "rotate10": lambda im: rotate_pil(im, 10.0),
     "crop50+bright1.5+jpeg80": lambda im: jpeg_pil(brightness_pil(center_crop(im, 0.5), 1.5), 80),
 }
 

@@ -82,8 +82,34 @@ def test_shape_attacks_and_draw(photo):
     noisy = attacks.apply(("noise", None), jax.random.key(3), x, cfg)
     assert 0.5 * cfg.noise_std < float(jnp.std(noisy - x)) < 1.1 * cfg.noise_std
     drawn = {attacks.draw(np.random.default_rng(s), cfg)[0] for s in range(200)}
-    assert drawn == set(cfg.attacks)
+    assert drawn == {a for a, w in zip(cfg.attacks, cfg.attack_weights) if w > 0}  # zero weight: never drawn
     assert attacks.draw(np.random.default_rng(0), cfg.replace(attack_warmup_steps=5), step=4) == ("identity", None)
+
+
+def test_real_jpeg_is_pillow_forward_and_identity_backward(photo):
+    x = jnp.asarray(np.stack([photo[:48, :40], photo[8:56, 16:56]]).astype(np.float32) / 255)
+    for q in (50, 95):
+        got = np.asarray(jax.jit(attacks.real_jpeg)(x, jnp.int32(q)))
+        want = np.stack([attacks.jpeg_pil(np.asarray(im), q) for im in (np.asarray(x) * 255).round().astype(np.uint8)])
+        np.testing.assert_array_equal(np.round(got * 255).astype(np.uint8), want)
+    w = jax.random.normal(jax.random.key(0), x.shape)
+    g = jax.grad(lambda v: jnp.sum(w * attacks.real_jpeg(v, jnp.int32(80))))(x)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))  # straight-through
+
+
+def test_misregistration_is_a_small_similarity_warp(photo):
+    x = jnp.asarray(np.stack([photo[:64, :64]] * 2).astype(np.float32) / 255)
+    cfg = get_config("tiny")
+    np.testing.assert_allclose(np.asarray(attacks.misregister(jax.random.key(0), x, (0.0, 0.0, 0.0))), np.asarray(x),
+                               atol=1e-6)
+    y = np.asarray(attacks.apply(("jitter", None), jax.random.key(1), x, cfg))
+    assert y.shape == x.shape
+    d = np.abs(y - np.asarray(x))[:, 8:-8, 8:-8].mean()
+    assert 0 < d < 0.1  # moved, by a little
+    # an integer shift with no zoom or turn is exactly that shift (away from the clamped edge)
+    from qrjax import tiling
+    shifted = np.asarray(tiling.similarity_warp(x[0], 1.0, 0.0, (2.0, -3.0)))
+    np.testing.assert_allclose(shifted[4:-4, 4:-4], np.asarray(x)[0, 6:-2, 1:-7], atol=1e-6)
 
 
 def test_eval_attacks_are_exact_image_operations(photo):

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage
 
 from qrjax import tiling
 from qrjax.watermark import detect as stats
@@ -42,8 +44,9 @@ from qrjax.watermark.model import LUMA, extractor_module, harmonics, to_model_ra
 
 SCALE_RANGE = (0.45, 2.2)
 ANGLE_RANGE = 10.0  # degrees, either way
-COARSE_SCALE_STEP = 0.01  # in log scale
-COARSE_ANGLE_STEP = 0.25
+COARSE_SCALE_STEP = 0.02  # in log scale
+COARSE_ANGLE_STEP = 0.5
+REFINE_ROUNDS = 2  # each: an 11 x 11 grid over +-one step of the previous grid, steps / 5
 WHITEN_BINS = 9  # side of the local-mean window that whitens the magnitude spectrum
 CANVAS_STEP = 64  # the warped frame is padded to a multiple of this (one compiled reader per canvas shape)
 MAX_CANVAS = 512
@@ -99,13 +102,10 @@ def whitened_spectrum(y: np.ndarray) -> np.ndarray:
     """|FFT| of the Hann-windowed, mean-removed plane y f32[H, W], zero-padded to twice its size (half-bin
     sampling, so peaks are located to a fraction of a bin), divided by its local mean: f32[2H, 2W], DC at [0, 0]."""
     h, w = y.shape
-    win = np.outer(np.hanning(h), np.hanning(w))
-    mag = np.abs(np.fft.fft2((y - y.mean()) * win, s=(2 * h, 2 * w)))
-    r = WHITEN_BINS  # half-width in padded bins: WHITEN_BINS original bins across
-    box = np.zeros(mag.shape)
-    box[np.ix_(np.arange(-r, r + 1) % (2 * h), np.arange(-r, r + 1) % (2 * w))] = 1.0 / (2 * r + 1) ** 2
-    # circular box mean through the FFT (the spectrum wraps around)
-    local = np.real(np.fft.ifft2(np.fft.fft2(mag) * np.fft.fft2(box)))
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    mag = np.abs(sfft.fft2((y - y.mean()).astype(np.float32) * win, s=(2 * h, 2 * w)))
+    # circular box mean (the spectrum wraps around), WHITEN_BINS original bins across
+    local = ndimage.uniform_filter(mag, size=2 * WHITEN_BINS + 1, mode="wrap")
     return (mag / np.maximum(local, 1e-6 * local.max() + 1e-12)).astype(np.float32)
 
 
@@ -141,17 +141,23 @@ def estimate_geometry(y: np.ndarray, hs: np.ndarray, w: np.ndarray, period: int)
     fine one around the best. score: how far the best candidate stands above the coarse grid's scores, in robust
     standard deviations ((best - median) / (1.4826 MAD)); a few when there is no carrier, tens when there is."""
     spec = whitened_spectrum(y)
+    keep = w > 0
+    hs, w = hs[keep], w[keep]
     scales = np.exp(np.arange(np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1]) + 1e-9, COARSE_SCALE_STEP))
     angles = np.arange(-ANGLE_RANGE, ANGLE_RANGE + 1e-9, COARSE_ANGLE_STEP)
     coarse = _scores(spec, hs, w, period, scales, angles)
     i, j = np.unravel_index(np.argmax(coarse), coarse.shape)
-    fine_s = scales[i] * np.exp(np.linspace(-COARSE_SCALE_STEP, COARSE_SCALE_STEP, 11))
-    fine_a = angles[j] + np.linspace(-COARSE_ANGLE_STEP, COARSE_ANGLE_STEP, 11)
-    fine = _scores(spec, hs, w, period, fine_s, fine_a)
-    a, b = np.unravel_index(np.argmax(fine), fine.shape)
+    s, a, best = scales[i], angles[j], coarse[i, j]
+    ds, da = COARSE_SCALE_STEP, COARSE_ANGLE_STEP
+    for _ in range(REFINE_ROUNDS):
+        fine_s, fine_a = s * np.exp(np.linspace(-ds, ds, 11)), a + np.linspace(-da, da, 11)
+        fine = _scores(spec, hs, w, period, fine_s, fine_a)
+        i, j = np.unravel_index(np.argmax(fine), fine.shape)
+        s, a, best = fine_s[i], fine_a[j], fine[i, j]
+        ds, da = ds / 5, da / 5
     med = np.median(coarse)
     mad = 1.4826 * np.median(np.abs(coarse - med))
-    return float(fine_s[a]), float(fine_a[b]), float((fine[a, b] - med) / max(mad, 1e-12))
+    return float(s), float(a), float((best - med) / max(mad, 1e-12))
 
 
 def to_frame(image_u8: np.ndarray, config: WatermarkConfig) -> np.ndarray:

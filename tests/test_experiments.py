@@ -41,8 +41,8 @@ def test_qrmark_robustness_smoke(tmp_path):
 
     # every system either ran every attack of the standard table or is skipped with a reason (the peer, when
     # invisible-watermark is not installed)
-    assert set(result["table"]) | set(result["skipped"]) == {"qrjax", "qrjax-tile", "dwtdct"}
-    assert {"qrjax", "qrjax-tile"} <= set(result["table"]) and all(result["skipped"].values())
+    assert set(result["table"]) | set(result["skipped"]) == {"qrjax", "qrjax-tile", "qrjax-sync", "dwtdct"}
+    assert {"qrjax", "qrjax-tile", "qrjax-sync"} <= set(result["table"]) and all(result["skipped"].values())
     assert result["attacks"] == list(STANDARD_ATTACKS)
     for system, rows in result["table"].items():
         assert list(rows) == list(STANDARD_ATTACKS), system

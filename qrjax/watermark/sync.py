@@ -12,17 +12,19 @@ lines up with it, but the carrier still shows as a lattice of spectral peaks at 
    1/8 cycle/px, which is where those harmonics sit at s = 1;
 3. warps the frame once by (1/s, -theta), so the carrier is back to period p and upright;
 4. runs the extractor's convolutions once over the warped frame and demodulates at all p x p cyclic shifts (one
-   small FFT correlation per bit, `Extractor.demodulate(shifts=True)`); the shift is the one with the largest
-   sum_k |logit_k|.
+   small FFT correlation per bit, `Extractor.demodulate(shifts=True)`);
+5. shortlists the `candidates` shifts whose logits look most like a +-1 message (largest L1 / L2, a score blind
+   to every bit's sign) and, given the key(s), takes the one that agrees best with a key.
 
-**The false-positive rate stays exact.** The candidate (s, theta, shift) is chosen from the image alone, by scores
-that do not change when any bit's sign flips (spectral magnitudes; the L1 norm of the logits). So for a key drawn
-independently of the image, the number of extracted bits matching it is Binomial(L, 1/2) whatever was chosen, and
-the usual test needs no correction for the ~13,000 x 256 candidates searched. (Choosing by the match count instead
-would need a Bonferroni factor and cost ~5 bits of the 48, see ../shared/papers/watermark_robustness.md section 3.)
-What the choice can still do is bias which bit pattern clean images produce; the measured FPR on >= 10,000 clean
-images in experiments/qrmark_robustness.py checks that. The cascade runs two tests (the fixed-grid tile, then the
-synchronised read of what the tile did not detect), so each runs at fpr / 2 (Bonferroni over the two stages).
+**The false-positive rate stays exact.** Scale and angle are chosen from the spectrum alone and the shortlist by a
+sign-invariant score, so neither spends any of the test's budget: for a key drawn independently of the image, the
+bits at any alignment chosen that way match it like Binomial(L, 1/2). Only the last choice looks at the key, and the
+test divides its FPR by the shortlist's length (Bonferroni; each factor of about 8 costs one matching bit of 48).
+Choosing by the sign-invariant score alone would need no correction, but it does not find the right shift with the
+shipped model: its logits at wrong shifts look as +-1-like as at the right one (L1 / L2 within 2%), so the key
+picks among a shortlist instead. The cascade runs two tests (the fixed-grid tile, then the synchronised read of what
+the tile did not detect), so each runs at half the FPR. experiments/qrmark_robustness.py measures the FPR on
+>= 10,000 edited clean photographs.
 """
 
 from __future__ import annotations
@@ -50,17 +52,32 @@ REFINE_ROUNDS = 2  # each: an 11 x 11 grid over +-one step of the previous grid,
 WHITEN_BINS = 9  # side of the local-mean window that whitens the magnitude spectrum
 CANVAS_STEP = 64  # the warped frame is padded to a multiple of this (one compiled reader per canvas shape)
 MAX_CANVAS = 512
+SHIFT_CANDIDATES = 64  # alignments the key chooses among: tau(5e-7 / 64) = 43 of 48, one bit over the tile's 42
 
 
 class SyncRead(NamedTuple):
     """What the synchronised reader found: logits f32[bits] at the chosen alignment; scale (carrier period / p) and
-    angle (degrees) of the edit; shift (dy, dx) in 0..p-1 of the demodulation; score = spectral score of (scale,
-    angle) over its median across the grid (about 1 when no carrier is there)."""
+    angle (degrees) of the edit; shift (dy, dx) in 0..p-1 of the demodulation; score = how far the lattice stands out
+    of the spectrum (robust z-score, see estimate_geometry); candidates = how many alignments the logits were chosen
+    among by their agreement with the key(s) (the factor the test's false-positive rate is divided by; 1 when no
+    key took part)."""
 
     logits: np.ndarray
     scale: float
     angle: float
     shift: tuple[int, int]
+    score: float
+    candidates: int
+
+
+class SyncCandidates(NamedTuple):
+    """The reader's shortlist: logits f32[M, bits] at the M cyclic shifts (dy, dx) int[M, 2] that look most like a
+    +-1 message by the sign-invariant score L1 / L2 of their logits, best first; scale, angle, score as in SyncRead."""
+
+    logits: np.ndarray
+    shifts: np.ndarray
+    scale: float
+    angle: float
     score: float
 
 
@@ -186,9 +203,13 @@ def _warped_logits(config: WatermarkConfig, ext_vars, frame, geometry, canvas: t
     return logits
 
 
-def read(model: WatermarkModel, image_u8: np.ndarray) -> SyncRead:
-    """The synchronised reader on one uint8[H, W, 3] image (any size, any edit within the search ranges)."""
+def read_candidates(model: WatermarkModel, image_u8: np.ndarray, candidates: int = SHIFT_CANDIDATES) -> SyncCandidates:
+    """Steps 1-4 of the reader on one uint8[H, W, 3] image (any size, any edit within the search ranges): the
+    `candidates` best alignments by the sign-invariant score, which never looks at a key."""
     config = model.config
+    p = config.extractor_period
+    if not 1 <= candidates <= p * p:
+        raise ValueError(f"candidates: expected 1..{p * p} (the p x p cyclic shifts), got {candidates}")
     hs, w = harmonic_weights(model)
     frame = to_frame(np.asarray(image_u8), config)
     y = frame @ np.asarray(LUMA, np.float32)
@@ -197,18 +218,42 @@ def read(model: WatermarkModel, image_u8: np.ndarray) -> SyncRead:
     canvas = canvas_shape(max(1, round(h / scale)), max(1, round(wd / scale)))
     all_logits = np.asarray(_warped_logits(config, model.variables["extractor"], jnp.asarray(frame),
                                            jnp.asarray([scale, angle], jnp.float32), canvas,
-                                           model.variables.get("whitening")))
-    l1 = np.abs(all_logits).sum(-1)
-    dy, dx = np.unravel_index(np.argmax(l1), l1.shape)
-    return SyncRead(all_logits[dy, dx], scale, angle, (int(dy), int(dx)), score)
+                                           model.variables.get("whitening"))).reshape(p * p, -1)
+    # +-1-likeness: L1 / L2 is largest (sqrt(bits)) for a vector of equal magnitudes, whatever its signs
+    like = np.abs(all_logits).sum(-1) / np.sqrt(np.maximum((all_logits ** 2).sum(-1), 1e-30))
+    order = np.argsort(-like, kind="stable")[:candidates]
+    shifts = np.stack(np.unravel_index(order, (p, p)), -1)
+    return SyncCandidates(all_logits[order], shifts, scale, angle, score)
 
 
-def detect_cascade(model: WatermarkModel, images, key_bits, fpr: float = 1e-6, sync: bool = True) -> list[dict]:
+def choose(cands: SyncCandidates, keys=None) -> tuple[int, int]:
+    """(index into the shortlist, number of candidates the choice spent): with keys {0,1}[N, bits] (or [bits]), the
+    alignment whose logits agree best with any of the keys (the test is then corrected for len(shortlist)
+    candidates, Bonferroni); without keys, the shortlist's first (no correction: a key-blind choice)."""
+    if keys is None:
+        return 0, 1
+    keys = np.atleast_2d(np.asarray(keys))
+    m = np.sum((cands.logits[:, None, :] > 0) == (keys[None] > 0), axis=-1)  # [M, N]
+    return int(np.argmax(m.max(axis=1))), len(cands.logits)
+
+
+def read(model: WatermarkModel, image_u8: np.ndarray, keys=None, candidates: int = SHIFT_CANDIDATES) -> SyncRead:
+    """The synchronised reader on one image: `read_candidates`, then `choose` among them by the key(s) when given."""
+    cands = read_candidates(model, image_u8, candidates if keys is not None else 1)
+    i, spent = choose(cands, keys)
+    return SyncRead(cands.logits[i], cands.scale, cands.angle, tuple(int(v) for v in cands.shifts[i]), cands.score,
+                    spent)
+
+
+def detect_cascade(model: WatermarkModel, images, key_bits, fpr: float = 1e-6, sync: bool = True,
+                   candidates: int = SHIFT_CANDIDATES) -> list[dict]:
     """Detect one key per image: the fixed-grid tile first (today's fast path); with sync, the synchronised reader
-    for every image the tile did not detect, each stage at fpr / 2 (so the cascade's FPR <= fpr); without sync, the
-    tile alone at fpr. images: list of uint8[H, W, 3] (or uint8[B, H, W, 3]); key_bits {0,1}[bits] or [B, bits].
+    for every image the tile did not detect. The two stages share fpr (Bonferroni): the tile tests at fpr / 2, the
+    reader at fpr / (2 candidates), because it picks the best of `candidates` alignments by the key. Without sync,
+    the tile alone at fpr. images: list of uint8[H, W, 3] (or uint8[B, H, W, 3]); key_bits {0,1}[bits] or [B, bits].
 
-    Returns per image: detected, matches, p_value, stage ("tile" | "sync"), logits f32[bits], scale, angle."""
+    Returns per image: detected, matches, p_value (the binomial tail times the stage's correction, capped at 1:
+    detected exactly when p_value <= fpr), stage ("tile" | "sync"), logits f32[bits], scale, angle."""
     imgs = check_images(images)
     n = len(imgs)
     keys = np.asarray(key_bits)
@@ -218,20 +263,20 @@ def detect_cascade(model: WatermarkModel, images, key_bits, fpr: float = 1e-6, s
         raise ValueError(f"key_bits: expected shape ({bits},) or ({n}, {bits}), got {np.asarray(key_bits).shape}")
     if sync:
         check_syncable(model.config)
-    stage_fpr = fpr / 2 if sync else fpr
-    tau = stats.threshold(bits, stage_fpr)
+    factor = 2 if sync else 1
     logits = extract(model, imgs, placement="fixed")
     out = []
     for i in range(n):
-        rec = _record(logits[i], keys[i], tau, "tile", 1.0, 0.0)
+        rec = _record(logits[i], keys[i], fpr, factor, "tile", 1.0, 0.0)
         if sync and not rec["detected"]:
-            r = read(model, imgs[i])
-            rec = _record(r.logits, keys[i], tau, "sync", r.scale, r.angle)
+            r = read(model, imgs[i], keys[i], candidates)
+            rec = _record(r.logits, keys[i], fpr, factor * r.candidates, "sync", r.scale, r.angle)
         out.append(rec)
     return out
 
 
-def _record(logits, key, tau: int, stage: str, scale: float, angle: float) -> dict:
+def _record(logits, key, fpr: float, factor: int, stage: str, scale: float, angle: float) -> dict:
     m = int(np.sum((np.asarray(logits) > 0) == (np.asarray(key) > 0)))
-    return {"detected": m >= tau, "matches": m, "p_value": float(stats.p_value(m, len(key))), "stage": stage,
+    return {"detected": m >= stats.threshold(len(key), fpr / factor), "matches": m,
+            "p_value": min(1.0, factor * float(stats.p_value(m, len(key)))), "stage": stage,
             "logits": np.asarray(logits, np.float32), "scale": float(scale), "angle": float(angle)}

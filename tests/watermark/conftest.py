@@ -22,10 +22,13 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory, tiny):
-    """{"tile": path of the tiny tile model's .json, "full": a tiny full-image model's, for --baseline-model}."""
+    """Model files (.json): "tile" the tiny tile model; "full" a tiny full-image model (for --baseline-model);
+    "unsyncable" a tiny tile model whose carrier is not band-limited (the synchronised reader refuses it)."""
     from qrjax.watermark.export import save_model
 
     d = tmp_path_factory.mktemp("tiny_models")
     save_model(tiny, d / "tiny")
     save_model(tiny_model(["full_image=true"]), d / "tiny-full")
-    return {"tile": str(d / "tiny.json"), "full": str(d / "tiny-full.json")}
+    save_model(tiny_model(["carrier_band=0", "luma=false"]), d / "tiny-unsyncable")
+    return {"tile": str(d / "tiny.json"), "full": str(d / "tiny-full.json"),
+            "unsyncable": str(d / "tiny-unsyncable.json")}

@@ -285,6 +285,7 @@ class TileDetector:
         if self.cascade and (why := cascade_unavailable(model)):
             raise ValueError(f"TileDetector(sync=True): {why}; pass sync=False for the tile alone")
         self.model, self.cell, self.draft = model, tuple(cell), draft
+        self.fpr = decision.fpr  # the whole detector's (the cascade's) false-positive rate
         # the decision each stage applies: at fpr / 2 in the cascade
         self.decision = dataclasses.replace(decision, fpr=decision.fpr / 2) if self.cascade else decision
         self._decide = jax.jit(self.decision.__call__)  # the sync stage's decision, one [1, bits] row at a time

@@ -315,7 +315,8 @@ def register_demo(parser) -> None:
     parser.add_argument("--baseline-model", default="cpu-full")
     parser.add_argument("--per-cell", type=int, default=8, help="watermarked images per (size, attack)")
     parser.add_argument("--negatives", type=int, default=48, help="clean images")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (each one pass of both "
+                                                               "pipelines over every file; the table is the last one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-sync", action="store_true", help="detect with the tile alone (no synchronised stage)")
     parser.set_defaults(func=cmd_demo)

@@ -152,6 +152,17 @@ def _local_mesh(devices: int | None, prog: str):
     return parallel.make_mesh(devices=local[:devices or len(local)])
 
 
+def _use_sync(model, wanted: bool, prog: str, say: bool = True) -> bool:
+    """The cascade is on when wanted (no --no-sync) and the model can synchronise; when it cannot, say so once on
+    stderr (where `say`) and detect with the tile alone."""
+    from qrjax.watermark.pipeline import cascade_unavailable
+
+    why = cascade_unavailable(model) if wanted else None
+    if why and say:
+        console.log(prog, f"synchronised stage off, detecting with the tile alone: {why}")
+    return wanted and why is None
+
+
 def cmd_detect(args) -> int:
     from tqdm.auto import tqdm
 
@@ -192,10 +203,12 @@ def cmd_detect(args) -> int:
         detector = FullImageDetector(_model(args.baseline_model), decision)
         run = lambda ps, progress: detector.run(ps, args.batch or 32, progress=progress)  # noqa: E731
     else:
+        model = _model(args.model)
+        use_sync = keys is not None and _use_sync(model, not args.no_sync, prog, say=first)
         try:
             cell = tuple(int(v) for v in args.cell.split(","))
-            detector = TileDetector(_model(args.model), decision, cell=cell, draft=not args.no_draft,
-                                    preprocess=args.preprocess, mesh=_local_mesh(args.devices, prog))
+            detector = TileDetector(model, decision, cell=cell, draft=not args.no_draft, preprocess=args.preprocess,
+                                    mesh=_local_mesh(args.devices, prog), sync=use_sync)
         except ValueError as err:
             console.fail(prog, str(err))
         if args.workers:
@@ -254,27 +267,36 @@ def cmd_bench(args) -> int:
     from qrjax.watermark.benchmark import make_dataset, throughput
     from qrjax.watermark.pipeline import Decision, FullImageDetector, TileDetector
 
+    prog = "qrjax watermark bench"
     model, baseline = _model(args.model), _model(args.baseline_model)
-    code = _code(args.code, "qrjax watermark bench")
-    variants = ("baseline", "system", "decode_bound") + (("tiled", "tiled+overlap", "reader_bound")
-                                                        if args.all_variants else ())
+    code = _code(args.code, prog)
+    use_sync = _use_sync(model, not args.no_sync, prog)
+    variants = ("baseline", "system", "decode_bound", "compute_bound") + (
+        ("tiled", "tiled+overlap", "reader_bound") if args.all_variants else ())
     with tempfile.TemporaryDirectory(prefix="qrjax-bench-") as tmp:
         ds = make_dataset(tmp, model, code, args.images, args.size, args.format, unique=min(args.images, 256),
                           progress=not args.json)
         decision = Decision(code, ds["key"][None])
-        res = throughput(ds["paths"], TileDetector(model, decision), FullImageDetector(baseline, decision),
+        res = throughput(ds["paths"], TileDetector(model, decision, sync=use_sync),
+                         FullImageDetector(baseline, decision),
                          budget=args.budget, batch=args.batch, repeats=args.repeats, variants=variants,
                          verbose=args.verbose and not args.json)
     ips = res["images_per_s"]
     summary = {"baseline_images_per_s": ips["baseline"], "system_images_per_s": ips["system"],
                "decode_bound_images_per_s": ips["decode_bound"], "speedup": res["speedup_vs_baseline"]["system"],
-               "system_fraction_of_decode_bound": res["system_fraction_of_decode_bound"], "images": args.images,
-               "size": args.size, "format": args.format, "repeats": args.repeats,
-               "plan": res["plan_adaptive"], "all_images_per_s": ips}
-    lines = [f"{args.images} {args.format} images {args.size}x{args.size}, median of {args.repeats} rounds:"]
+               "system_fraction_of_decode_bound": res["system_fraction_of_decode_bound"],
+               "compute_bound_images_per_s": ips["compute_bound"],
+               "shared_core_bound_images_per_s": res["shared_core_bound_images_per_s"],
+               "bound": res["bound"], "system_fraction_of_bound": res["system_fraction_of_bound"],
+               "sync": use_sync, "images": args.images, "size": args.size, "format": args.format,
+               "repeats": args.repeats, "plan": res["plan_adaptive"], "all_images_per_s": ips}
+    lines = [f"{args.images} {args.format} images {args.size}x{args.size}, median of {args.repeats} rounds "
+             f"(system: {'tile then sync cascade' if use_sync else 'tile alone'}):"]
     lines += [f"  {v:14s} {x:9.1f} images/s  ({x / ips['baseline']:.2f}x baseline)" for v, x in ips.items()]
-    lines.append(f"  system / baseline = {summary['speedup']:.2f}x; system / decode-only bound = "
-                 f"{summary['system_fraction_of_decode_bound']:.2f}")
+    lines.append(f"  shared-core bound 1 / (1/decode + 1/compute) = {summary['shared_core_bound_images_per_s']:.1f} "
+                 f"images/s")
+    lines.append(f"  system / baseline = {summary['speedup']:.2f}x; system / {res['bound_description']} = "
+                 f"{summary['system_fraction_of_bound']:.2f}")
     console.result(summary, args.json, "\n".join(lines))
     return 0
 
@@ -283,7 +305,7 @@ def cmd_demo(args) -> int:
     from qrjax.watermark.demo import run_demo
 
     run_demo(args.out, per_cell=args.per_cell, negatives=args.negatives, seed=args.seed, model_name=args.model,
-             baseline_name=args.baseline_model, repeats=args.repeats)
+             baseline_name=args.baseline_model, repeats=args.repeats, sync=not args.no_sync)
     return 0
 
 
@@ -293,8 +315,10 @@ def register_demo(parser) -> None:
     parser.add_argument("--baseline-model", default="cpu-full")
     parser.add_argument("--per-cell", type=int, default=8, help="watermarked images per (size, attack)")
     parser.add_argument("--negatives", type=int, default=48, help="clean images")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (each one pass of both "
+                                                               "pipelines over every file; the table is the last one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-sync", action="store_true", help="detect with the tile alone (no synchronised stage)")
     parser.set_defaults(func=cmd_demo)
 
 
@@ -346,12 +370,16 @@ def register(systems) -> None:
     p.add_argument("--devices", type=int, default=None, help="split micro-batches over this many of the process's "
                                                              "devices (default: all)")
     p.add_argument("--no-draft", action="store_true", help="decode JPEG at full scale")
+    p.add_argument("--no-sync", action="store_true", help="the tile alone at --fpr: no synchronised second stage for "
+                                                          "inputs the tile does not detect (default: the cascade, "
+                                                          "each stage at fpr / 2, when the model can synchronise)")
     p.add_argument("--preprocess", default="auto", choices=("auto", "kernel", "reference"))
     p.add_argument("--verbose", action="store_true", help="print the allocation plan")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("bench", help="images/s of the baseline, the system and the decode-only bound")
+    p = sub.add_parser("bench", help="images/s of the baseline, the system and its bounds (decode-only, compute-only, "
+                                     "shared-core)")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--format", default="jpeg", choices=("jpeg", "png"))
@@ -363,6 +391,7 @@ def register(systems) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--all-variants", action="store_true", help="also tiled, tiled+overlap and the reader bound")
+    p.add_argument("--no-sync", action="store_true", help="the system without its synchronised stage")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_bench)
 

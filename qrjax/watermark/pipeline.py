@@ -12,6 +12,12 @@ per-stage micro-batches inside compiled functions):
            batch padded), the batch sharded over every local device, dispatched asynchronously: up to `inflight`
            batches are queued on the device while the host reads the next ones, and results come back once per batch.
   write    a host thread turning each batch's arrays into per-input records (in input order) for the sink.
+  sync     (the cascade, on by default when a key is tested) a host thread pool: every record the device stage did
+           not detect is read again whole (`qrjax.data.decode`), synchronised (`qrjax.watermark.sync.read`: scale,
+           rotation and shift of the carrier, one compiled extractor call per canvas shape) and decided again by the
+           same `Decision`. Records leave in input order as soon as their batch's synchronised reads are done; a
+           batch that the tile detected entirely never waits for this stage. With the cascade on, each of the two
+           tests runs at fpr / 2 (Bonferroni over the stages), so the cascade's false-positive rate stays <= fpr.
 
 Resource-aware allocation (`plan_allocation`, QRMark's greedy rule): a warm-up measures each stage's cost per image
 with one worker; each stage gets one worker, then workers go one at a time to the stage with the highest time per
@@ -26,6 +32,7 @@ overlap, one thread.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import math
@@ -45,10 +52,10 @@ from qrjax import parallel, tiling
 from qrjax.data.decode import ImageReadError, decode
 from qrjax.ecc import BitCode
 from qrjax.ecc.hexbits import bits_to_hex
-from qrjax.watermark import detect
+from qrjax.watermark import detect, sync
 from qrjax.watermark.embed import WatermarkModel, extractor_logits, read_logits
 
-STAGES = ("read", "device", "write")
+STAGES = ("read", "device", "write")  # the stages the allocator plans; the sync stage reuses the read workers
 RESULT_FIELDS = ("path", "status", "error", "detected", "p_value", "matching_bits", "payload", "ecc_ok")
 
 
@@ -177,8 +184,10 @@ class Decision:
         return out
 
 
-def records(paths: Sequence[str], arrays: dict, decision: Decision) -> list[dict]:
-    """Per-input JSON-ready records from one batch's arrays (host numpy)."""
+def records(paths: Sequence[str], arrays: dict, decision: Decision, stage: str | None = None) -> list[dict]:
+    """Per-input JSON-ready records from one batch's arrays (host numpy). stage ("tile" | "sync"): the cascade's
+    stage that decided, recorded with `scale` and `angle` (None here; the sync stage fills them in); None for
+    pipelines without a cascade (the baseline), whose records carry no stage fields."""
     out = []
     has_key = decision.keys is not None
     for i, path in enumerate(paths):
@@ -189,13 +198,29 @@ def records(paths: Sequence[str], arrays: dict, decision: Decision) -> list[dict
              "payload": bits_to_hex(arrays["payload"][i]), "ecc_ok": bool(arrays["ecc_ok"][i])}
         if has_key and len(decision.keys) > 1:
             r["key_index"] = int(arrays["key_index"][i])
+        if stage is not None:
+            r.update(stage=stage, scale=None, angle=None)
         out.append(r)
     return out
 
 
-def error_record(path: str, message: str) -> dict:
-    return {"path": path, "status": "error", "error": message, "detected": None, "p_value": None,
-            "matching_bits": None, "payload": None, "ecc_ok": None}
+def error_record(path: str, message: str, stage: str | None = None) -> dict:
+    """stage: as in `records`; for an error, the stage that failed ("tile": the read stage, "sync": the whole-image
+    read of the sync stage)."""
+    r = {"path": path, "status": "error", "error": message, "detected": None, "p_value": None,
+         "matching_bits": None, "payload": None, "ecc_ok": None}
+    if stage is not None:
+        r.update(stage=stage, scale=None, angle=None)
+    return r
+
+
+def cascade_unavailable(model: WatermarkModel) -> str | None:
+    """Why `model` cannot run the synchronised stage (it has no band-limited periodic carrier), or None if it can."""
+    try:
+        sync.check_syncable(model.config)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- tile system
@@ -234,10 +259,19 @@ class TileDetector:
     (XLA), or "auto" (the kernel on GPU, XLA on CPU, where the kernel runs only in the slow interpret mode).
     The decisions equal `extract(model, decode(path, min_size=...).rows, placement="fixed", cell=cell)` followed by
     the same threshold and ECC decoding: the same resampling and network, assembled differently.
+
+    sync (default True): the detection cascade, when the decision tests a key (or N keys): inputs the tile did not
+    detect go to the synchronised reader (`qrjax.watermark.sync.read` on the whole decoded image) and the same
+    decision (known key, identification, ECC payload) on its logits. Each stage tests at decision.fpr / 2
+    (Bonferroni over the two stages), so the cascade's false-positive rate stays <= decision.fpr; records carry
+    `stage` ("tile" | "sync") and, for "sync", the edit's `scale` and `angle` (degrees). Decisions then equal
+    `sync.detect_cascade(model, decode(path, min_size=...).rows, key, fpr, sync=True)` image by image. The model
+    must have a band-limited periodic carrier (`cascade_unavailable` says why one cannot): ValueError otherwise.
+    sync=False (or no key): the tile alone at decision.fpr, every record's stage "tile".
     """
 
     def __init__(self, model: WatermarkModel, decision: Decision, *, cell: tuple[int, int] = (0, 0),
-                 draft: bool = True, preprocess: str = "auto", mesh=None):
+                 draft: bool = True, preprocess: str = "auto", mesh=None, sync: bool = True):
         config = model.config
         if config.full_image:
             raise ValueError(f"TileDetector: model {config.name!r} reads whole images; use FullImageDetector")
@@ -247,7 +281,14 @@ class TileDetector:
             raise ValueError(f"tile {config.tile} is not a multiple of the extractor period {config.extractor_period}")
         if preprocess not in ("auto", "kernel", "reference"):
             raise ValueError(f"preprocess: expected auto, kernel or reference, got {preprocess!r}")
-        self.model, self.decision, self.cell, self.draft = model, decision, tuple(cell), draft
+        self.cascade = bool(sync) and decision.keys is not None
+        if self.cascade and (why := cascade_unavailable(model)):
+            raise ValueError(f"TileDetector(sync=True): {why}; pass sync=False for the tile alone")
+        self.model, self.cell, self.draft = model, tuple(cell), draft
+        self.fpr = decision.fpr  # the whole detector's (the cascade's) false-positive rate
+        # the decision each stage applies: at fpr / 2 in the cascade
+        self.decision = dataclasses.replace(decision, fpr=decision.fpr / 2) if self.cascade else decision
+        self._decide = jax.jit(self.decision.__call__)  # the sync stage's decision, one [1, bits] row at a time
         self.preprocess = ("reference" if jax.default_backend() == "cpu" else "kernel") if preprocess == "auto" \
             else preprocess
         self.mesh = mesh if mesh is not None else parallel.make_mesh()
@@ -274,6 +315,27 @@ class TileDetector:
         except Exception as err:  # noqa: BLE001 - one bad input never stops the batch
             return Sample(index, path, error=f"image {path!r}: {type(err).__name__}: {err}",
                           seconds=time.perf_counter() - start)
+
+    # -- sync stage (host, thread-safe) --
+    def sync_record(self, path: str) -> dict:
+        """The cascade's second stage for one input the tile did not detect: decode the whole image (JPEG in draft
+        mode like the read stage), `sync.read`, then the stage decision on the synchronised logits. Any failure
+        becomes an error record (stage "sync")."""
+        try:
+            img = decode(path, min_size=self.model.config.working_size if self.draft else None)
+            read = sync.read(self.model, img.rows)
+            arrays = jax.device_get(self._decide(jnp.asarray(read.logits)[None]))
+            rec = records([path], arrays, self.decision, stage="sync")[0]
+            rec.update(scale=read.scale, angle=read.angle)
+            return rec
+        except ImageReadError as err:
+            return error_record(path, f"sync stage: {err}", stage="sync")
+        except Exception as err:  # noqa: BLE001 - one bad input never stops the batch
+            return error_record(path, f"image {path!r}: sync stage: {type(err).__name__}: {err}", stage="sync")
+
+    def needs_sync(self, record: dict) -> bool:
+        """Does this record of the tile stage go on to the sync stage (cascade on, read fine, not detected)?"""
+        return self.cascade and record["status"] == "ok" and not record["detected"]
 
     # -- device stage --
     def _device_fn(self, shape: tuple[int, int, int]):
@@ -321,16 +383,21 @@ class TileDetector:
 
     def run_sequential(self, paths: Sequence[str], batch: int, *,
                        progress: Callable[[int], None] | None = None) -> Iterator[dict]:
-        """Tiling alone, no overlap: read a batch in this thread, run the device stage, wait, write, repeat."""
+        """Tiling alone, no overlap: read a batch in this thread, run the device stage, wait, write (and run the
+        sync stage on what the tile did not detect), repeat."""
         paths = list(paths)
         batch = _round_up(batch, self.n_devices)
         for start in range(0, len(paths), batch):
             samples = [self.read(start + i, p) for i, p in enumerate(paths[start:start + batch])]
             ok = [s for s in samples if s.error is None]
-            recs = {s.index: error_record(s.path, s.error) for s in samples if s.error is not None}
+            recs = {s.index: error_record(s.path, s.error, "tile") for s in samples if s.error is not None}
             if ok:
                 out = jax.device_get(self.dispatch(ok, batch))
-                recs.update((s.index, r) for s, r in zip(ok, records([s.path for s in ok], out, self.decision)))
+                recs.update((s.index, r) for s, r in zip(ok, records([s.path for s in ok], out, self.decision,
+                                                                     "tile")))
+            for i, r in recs.items():
+                if self.needs_sync(r):
+                    recs[i] = self.sync_record(r["path"])
             if progress:
                 progress(len(samples))
             yield from (recs[s.index] for s in samples)
@@ -361,14 +428,19 @@ class TileDetector:
         return plan_allocation((read_cost, dev_cost, write_cost), budget, batch_hint=batch_hint,
                                bytes_per_sample=bytes_per, memory_cap=memory_cap(), multiple=self.n_devices)
 
-    def run(self, paths: Sequence[str], plan: Plan, *, progress: Callable[[int], None] | None = None) -> Iterator[dict]:
-        """One record per path, in order. Reading, device work and record writing overlap."""
+    def run(self, paths: Sequence[str], plan: Plan, *, progress: Callable[[int], None] | None = None,
+            sync_workers: int | None = None) -> Iterator[dict]:
+        """One record per path, in order. Reading, device work, record writing and the sync stage overlap.
+
+        sync_workers: threads of the sync stage (default: the plan's read workers; both are host decoding)."""
         n_read, n_dev, n_write = plan.workers
         b_read, b_dev = max(1, plan.batch[0]), _round_up(max(1, plan.batch[1]), self.n_devices)
         paths = list(paths)
         chunks = [range(i, min(i + b_read, len(paths))) for i in range(0, len(paths), b_read)]
         done: queue.Queue = queue.Queue(maxsize=max(2, 2 * n_write))
         stop = object()
+        sync_pool = (cf.ThreadPoolExecutor(max_workers=max(1, sync_workers or n_read), thread_name_prefix="qrjax-sync")
+                     if self.cascade else None)
 
         def read_chunk(idx):
             return [self.read(i, paths[i]) for i in idx]
@@ -380,65 +452,86 @@ class TileDetector:
                     continue  # keep draining so the main thread never blocks on a full queue
                 try:
                     samples, arrays = item
-                    recs = {s.index: error_record(s.path, s.error) for s in samples if s.error is not None}
+                    recs = {s.index: error_record(s.path, s.error, "tile") for s in samples if s.error is not None}
                     ok = [s for s in samples if s.error is None]
                     if ok:
-                        for s, r in zip(ok, records([s.path for s in ok], jax.device_get(arrays), self.decision)):
+                        for s, r in zip(ok, records([s.path for s in ok], jax.device_get(arrays), self.decision,
+                                                    "tile")):
                             recs[s.index] = r
-                    out_q.put([recs[s.index] for s in samples])
+                    batch_records = [recs[s.index] for s in samples]
+                    # the sync stage: one task per record the tile did not detect; the batch waits for them
+                    pending = {j: sync_pool.submit(self.sync_record, r["path"])
+                               for j, r in enumerate(batch_records) if self.needs_sync(r)}
+                    out_q.put((batch_records, pending))
                 except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
                     failed = err
                     out_q.put(err)
             out_q.put(stop)
 
+        def finished(item) -> list[dict]:
+            batch_records, pending = item
+            for j, future in pending.items():
+                batch_records[j] = future.result()
+            if progress:
+                progress(len(batch_records))
+            return batch_records
+
         out_q: queue.Queue = queue.Queue()
         write_thread = threading.Thread(target=writer, args=(out_q,), daemon=True)
         write_thread.start()
         inflight: list = []
+        waiting: collections.deque = collections.deque()  # written batches, in order, possibly waiting for sync
 
         def drain(block_all: bool):
             while inflight and (block_all or len(inflight) >= n_dev):
                 done.put(inflight.pop(0))
 
-        with cf.ThreadPoolExecutor(max_workers=n_read, thread_name_prefix="qrjax-read") as pool:
-            futures = [pool.submit(read_chunk, c) for c in chunks[: 2 * n_read]]
-            next_chunk = len(futures)
-            buffer: list[Sample] = []
-            for fi in range(len(chunks)):
-                samples = futures[fi].result()
-                futures[fi] = None
-                if next_chunk < len(chunks):
-                    futures.append(pool.submit(read_chunk, chunks[next_chunk]))
-                    next_chunk += 1
-                buffer += samples
-                last = fi == len(chunks) - 1
-                while buffer and (last or sum(s.error is None for s in buffer) >= b_dev):
-                    take, n_ok = [], 0
-                    while buffer and n_ok < b_dev:
-                        s = buffer.pop(0)
-                        take.append(s)
-                        n_ok += s.error is None
-                    ok = [s for s in take if s.error is None]
-                    arrays = self.dispatch(ok, b_dev) if ok else None
-                    inflight.append((take, arrays))
-                    drain(False)
-                while not out_q.empty():  # hand on whatever the writer has finished, without waiting
-                    batch_records = out_q.get()
-                    if isinstance(batch_records, BaseException):
-                        done.put(stop)
-                        raise batch_records
-                    if progress:
-                        progress(len(batch_records))
-                    yield from batch_records
-        drain(True)
-        done.put(stop)
-        while (batch_records := out_q.get()) is not stop:
-            if isinstance(batch_records, BaseException):
-                raise batch_records
-            if progress:
-                progress(len(batch_records))
-            yield from batch_records
-        write_thread.join()
+        try:
+            with cf.ThreadPoolExecutor(max_workers=n_read, thread_name_prefix="qrjax-read") as pool:
+                futures = [pool.submit(read_chunk, c) for c in chunks[: 2 * n_read]]
+                next_chunk = len(futures)
+                buffer: list[Sample] = []
+                for fi in range(len(chunks)):
+                    samples = futures[fi].result()
+                    futures[fi] = None
+                    if next_chunk < len(chunks):
+                        futures.append(pool.submit(read_chunk, chunks[next_chunk]))
+                        next_chunk += 1
+                    buffer += samples
+                    last = fi == len(chunks) - 1
+                    while buffer and (last or sum(s.error is None for s in buffer) >= b_dev):
+                        take, n_ok = [], 0
+                        while buffer and n_ok < b_dev:
+                            s = buffer.pop(0)
+                            take.append(s)
+                            n_ok += s.error is None
+                        ok = [s for s in take if s.error is None]
+                        arrays = self.dispatch(ok, b_dev) if ok else None
+                        inflight.append((take, arrays))
+                        drain(False)
+                    while not out_q.empty():  # take whatever the writer has finished, without waiting
+                        item = out_q.get()
+                        if isinstance(item, BaseException):
+                            done.put(stop)
+                            raise item
+                        waiting.append(item)
+                    # hand on the finished batches at the head, without waiting for the sync stage
+                    while waiting and all(f.done() for f in waiting[0][1].values()):
+                        yield from finished(waiting.popleft())
+            drain(True)
+            done.put(stop)
+            while (item := out_q.get()) is not stop:
+                if isinstance(item, BaseException):
+                    raise item
+                waiting.append(item)
+                while waiting:
+                    yield from finished(waiting.popleft())
+            while waiting:
+                yield from finished(waiting.popleft())
+            write_thread.join()
+        finally:
+            if sync_pool is not None:
+                sync_pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------ sequential baseline

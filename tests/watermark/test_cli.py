@@ -70,20 +70,64 @@ def test_train_rejects_unknown_overrides(tmp_path):
         main(["watermark", "train", "--preset", "tiny", "--workdir", str(tmp_path), "--set", "stepz=3"])
 
 
-def test_bench_json_and_demo(tmp_path, capsys):
-    rc = main(["watermark", "bench", "--images", "8", "--size", "256", "--format", "png", "--json", "--repeats",
-               "1", "--batch", "8"])
+def test_detect_cascade_and_no_sync(tiny_files, tmp_path, capsys):
+    """Records carry the cascade's stage (and the sync stage's scale and angle); --no-sync is the tile alone; a model
+    that cannot synchronise runs the tile alone and says so once on stderr."""
+    from qrjax.data import bundled_source
+    from qrjax.ecc import get_code
+    from qrjax.ecc.hexbits import bits_to_hex
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, im in enumerate(bundled_source("val").sample(rng, 96, 3)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(im).save(paths[-1])
+    key = bits_to_hex(rng.integers(0, 2, get_code("qrmark-bch").payload_bits).astype(np.uint8))
+    base = ["watermark", "detect", *paths, "--key", key, "--fpr", "0.2", "--workers", "1,1,1", "--batch", "2",
+            "--quiet"]
+    assert main(base + ["--model", tiny_files["tile"]]) == 0
+    on = jsonl(capsys.readouterr().out)
+    assert [r["path"] for r in on] == paths and {r["stage"] for r in on} <= {"tile", "sync"}
+    synced = [r for r in on if r["stage"] == "sync"]
+    assert synced and all(isinstance(r["scale"], float) and isinstance(r["angle"], float) for r in synced)
+    assert all(r["scale"] is None for r in on if r["stage"] == "tile")
+    assert main(base + ["--model", tiny_files["tile"], "--no-sync"]) == 0
+    off = capsys.readouterr()
+    assert {r["stage"] for r in jsonl(off.out)} == {"tile"} and "synchronised stage off" not in off.err
+    assert main(base + ["--model", tiny_files["unsyncable"]]) == 0
+    cant = capsys.readouterr()
+    assert {r["stage"] for r in jsonl(cant.out)} == {"tile"}
+    assert cant.err.count("synchronised stage off") == 1 and "band-limited" in cant.err
+
+
+def test_bench_json_and_demo(tiny_files, tmp_path, capsys):
+    models = ["--model", tiny_files["tile"], "--baseline-model", tiny_files["full"]]
+    rc = main(["watermark", "bench", "--images", "8", "--size", "64", "--format", "png", "--json", "--repeats",
+               "1", "--batch", "8", *models])
     res = json.loads(capsys.readouterr().out)
-    assert rc == 0
-    for k in ("baseline_images_per_s", "system_images_per_s", "decode_bound_images_per_s", "speedup"):
+    assert rc == 0 and res["sync"] is True
+    for k in ("baseline_images_per_s", "system_images_per_s", "decode_bound_images_per_s", "speedup",
+              "compute_bound_images_per_s", "shared_core_bound_images_per_s", "system_fraction_of_bound"):
         assert res[k] > 0
     # the speedup is the median over rounds of each round's ratio: with one round, the ratio of the rates
     assert res["speedup"] == pytest.approx(res["system_images_per_s"] / res["baseline_images_per_s"], rel=1e-9)
+    shared = 1 / (1 / res["decode_bound_images_per_s"] + 1 / res["compute_bound_images_per_s"])
+    assert res["shared_core_bound_images_per_s"] == pytest.approx(shared, rel=1e-9)
+    assert res["bound"] == "shared_core"  # the suite runs on CPU
+    assert res["system_fraction_of_bound"] == pytest.approx(res["system_images_per_s"] / shared, rel=1e-9)
 
-    rc = main(["demo", "--out", str(tmp_path / "demo"), "--per-cell", "1", "--negatives", "3", "--repeats", "1"])
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--per-cell", "1", "--negatives", "3", "--repeats", "1",
+               *models])
     printed = capsys.readouterr().out
     assert rc == 0 and "speedup" in printed and (tmp_path / "demo" / "demo.png").stat().st_size > 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["files"] == 15 + 3 and [r["images"] for r in summary["rows"]][-1] == "clean"
-    records = (tmp_path / "demo" / "records.jsonl").read_text().splitlines()
-    assert len(records) == 2 * summary["files"]
+    from qrjax.watermark.demo import DEMO_ATTACKS, DEMO_SIZES
+
+    n = len(DEMO_ATTACKS) * len(DEMO_SIZES) + 3
+    assert summary["files"] == n and summary["sync"] is True
+    assert [r["images"] for r in summary["rows"]] == [*DEMO_ATTACKS, "clean"]
+    assert {"rotate5", "crop0.71", "resize0.5"} <= set(DEMO_ATTACKS)
+    records = [json.loads(x) for x in (tmp_path / "demo" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * n
+    assert {r["stage"] for r in records if r["pipeline"] == "system"} <= {"tile", "sync"}
+    assert all("stage" not in r for r in records if r["pipeline"] == "baseline")

@@ -96,7 +96,7 @@ def _plain(model, path, key, cell=(0, 0)):
 
 def test_decisions_equal_plain_per_image_calls_and_bad_inputs_are_reported(setup):
     s = setup
-    det = TileDetector(s["model"], Decision(s["code"], s["key"][None]))
+    det = TileDetector(s["model"], Decision(s["code"], s["key"][None]), sync=False)
     paths = s["bad"][:3] + s["valid"] + s["bad"][3:]
     # small micro-batches and two batches in flight: errors interleaved with images across several batches
     recs = list(det.run(paths, Plan((2, 2, 1), (3, 8, 8))))
@@ -141,7 +141,7 @@ def test_identify_among_keys_and_no_key(setup):
     others = np.asarray(code.encode(np.random.default_rng(5).integers(0, 2, (3, code.payload_bits))))
     keys = np.concatenate([others, s["key"][None]])
     paths = s["good"][:2]
-    recs = list(TileDetector(s["model"], Decision(code, keys)).run_sequential(paths, 8))
+    recs = list(TileDetector(s["model"], Decision(code, keys), sync=False).run_sequential(paths, 8))
     assert all(r["key_index"] == 3 and r["detected"] for r in recs)
     recs = list(TileDetector(s["model"], Decision(code)).run_sequential(paths, 8))
     assert all(r["detected"] is None and r["matching_bits"] is None for r in recs)
@@ -152,14 +152,85 @@ def test_identify_among_keys_and_no_key(setup):
     assert recs[0]["payload"] == bits_to_hex(np.asarray(want.payload[0]))
 
 
+def test_cascade_equals_detect_cascade_image_by_image(tiny, tmp_path):
+    """The system's cascade (tile stage, then sync on what the tile missed) == `sync.detect_cascade` per image, with
+    sync on and off; a file whose tail is corrupt (the tile's rows decode, the whole image does not) is an error
+    record of the sync stage. (A random tiny model: what is detected is chance, but both pipelines must agree.)"""
+    import io
+
+    from qrjax.data import bundled_source
+    from qrjax.watermark import sync
+
+    model, code = tiny, get_code("qrmark-bch")
+    rng = np.random.default_rng(0)
+    src = bundled_source("val", area=(0.3, 1.0))
+    paths = []
+    for name, size, edit in (("a.png", 256, None), ("b.png", 300, None), ("c.jpg", 512, None),
+                             ("wide.png", 300, (200, 300)), ("small.png", 300, (40, 50)), ("rotated.jpg", 256, 5)):
+        im = Image.fromarray(src.sample(rng, size, 1)[0])
+        if isinstance(edit, tuple):
+            im = im.crop((0, 0, edit[1], edit[0]))
+        elif edit:
+            im = im.rotate(edit, resample=Image.BILINEAR)
+        im.save(tmp_path / name, **({"quality": 90} if name.endswith("jpg") else {}))
+        paths.append(str(tmp_path / name))
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (1024, 256, 3), np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[int(0.9 * len(data)):int(0.9 * len(data)) + 200] = bytes(200)  # a late IDAT chunk: the top rows decode
+    (tmp_path / "late.png").write_bytes(bytes(data))
+    images = [decode(p, min_size=model.config.working_size).rows for p in paths]
+    # the key the first image's tile reads: a tile-stage detection; the others mostly go on to the sync stage
+    key = (extract(model, images[0][None], placement="fixed")[0] > 0).astype(np.uint8)
+    fpr = 0.2
+    for on in (True, False):
+        want = sync.detect_cascade(model, images, key, fpr=fpr, sync=on)
+        det = TileDetector(model, Decision(code, key[None], fpr=fpr), sync=on)
+        all_paths = paths + [str(tmp_path / "late.png"), str(tmp_path / "missing.png")]
+        recs = list(det.run(all_paths, Plan((2, 1, 1), (3, 3, 3))))
+        assert [r["path"] for r in recs] == all_paths
+        assert list(det.run_sequential(all_paths, 3)) == recs
+        for r, w in zip(recs, want):
+            assert r["status"] == "ok", r
+            assert (r["stage"], r["detected"], r["matching_bits"]) == (w["stage"], w["detected"], w["matches"]), r
+            assert r["p_value"] == pytest.approx(w["p_value"], rel=1e-6)
+            if r["stage"] == "sync":
+                assert (r["scale"], r["angle"]) == pytest.approx((w["scale"], w["angle"]))
+            else:
+                assert r["scale"] is None and r["angle"] is None
+        stages = [w["stage"] for w in want]
+        assert stages[0] == "tile" and (stages.count("sync") >= 3 if on else set(stages) == {"tile"})
+        late, bad = recs[-2:]
+        assert bad["status"] == "error" and bad["stage"] == "tile"
+        if on:
+            assert late["status"] == "error" and late["stage"] == "sync" and "sync stage" in late["error"]
+        else:
+            assert late["status"] == "ok" and late["stage"] == "tile"
+    # identification in the sync stage: the same Decision on the synchronised logits, at fpr / (2 N) per key
+    others = np.random.default_rng(5).integers(0, 2, (2, 48)).astype(np.uint8)
+    keys = np.concatenate([others, key[None]])
+    recs = list(TileDetector(model, Decision(code, keys, fpr=fpr)).run_sequential(paths[:4], 4))
+    assert recs[0]["stage"] == "tile" and recs[0]["key_index"] == 2
+    for r, img in zip(recs[1:], images[1:4]):
+        if r["stage"] == "sync":
+            idx, _, m = detect.identify(sync.read(model, img).logits[None], keys, fpr=fpr / 2)
+            assert (r["key_index"], r["matching_bits"]) == (int(idx[0]), int(m[0]))
+    from qrjax.watermark import WatermarkModel
+
+    unsyncable = WatermarkModel(tiny.config.replace(carrier_band=0), tiny.variables)  # checked before any call
+    with pytest.raises(ValueError, match="band-limited"):
+        TileDetector(unsyncable, Decision(code, key[None]))
+    assert TileDetector(unsyncable, Decision(code), sync=True).cascade is False  # no key: nothing to cascade
+
+
 @pytest.mark.multidevice
 def test_eight_devices_equal_one(setup):
     s = setup
     assert jax.device_count() == 8
     decision = Decision(s["code"], s["key"][None])
     paths = s["good"] + s["bad"][:1]
-    one = TileDetector(s["model"], decision, mesh=parallel.make_mesh(devices=jax.devices()[:1]))
-    eight = TileDetector(s["model"], decision, mesh=parallel.make_mesh())
+    one = TileDetector(s["model"], decision, mesh=parallel.make_mesh(devices=jax.devices()[:1]), sync=False)
+    eight = TileDetector(s["model"], decision, mesh=parallel.make_mesh(), sync=False)
     assert eight.n_devices == 8
     r1 = list(one.run(paths, Plan((1, 1, 1), (4, 4, 4))))
     r8 = list(eight.run(paths, Plan((1, 1, 1), (4, 4, 4))))  # the batch is rounded up to 8, one row a device
@@ -174,7 +245,7 @@ def test_eight_devices_equal_one(setup):
 
 def test_warmup_plans_within_budget(setup):
     s = setup
-    det = TileDetector(s["model"], Decision(s["code"], s["key"][None]))
+    det = TileDetector(s["model"], Decision(s["code"], s["key"][None]), sync=False)
     plan = det.warmup(s["good"], budget=5, batch_hint=8)
     assert sum(plan.workers) == 5 and all(c > 0 for c in plan.costs) and plan.source == "adaptive"
     assert "read" in plan.describe() and plan.batch[1] % det.n_devices == 0

@@ -52,7 +52,7 @@ def test_qrmark_robustness_smoke(tmp_path):
     f = result["clean_fpr"]
     assert f["variants"] == 6 and f["photographs"] == 16
     assert [(r["target_fpr"], r["stage"]) for r in f["levels"]] == [
-        (a, s) for a in (1e-2, 1e-3, 1e-4) for s in ("tile", "sync", "cascade")]
+        (a, s) for a in (1e-2, 1e-3, 1e-4) for s in ("tile", "sync, key-blind", "sync", "cascade")]
     assert all(r["trials"] == 6 and r["ci95"][0] <= r["measured_fpr"] <= r["ci95"][1] for r in f["levels"])
     assert f["cascade_check"]["agree"] == f["cascade_check"]["checked"] > 0
     assert all(r["trials"] == 6 * 50 for r in f["random_keys"]["rows"])

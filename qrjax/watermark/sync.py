@@ -252,8 +252,8 @@ def detect_cascade(model: WatermarkModel, images, key_bits, fpr: float = 1e-6, s
     reader at fpr / (2 candidates), because it picks the best of `candidates` alignments by the key. Without sync,
     the tile alone at fpr. images: list of uint8[H, W, 3] (or uint8[B, H, W, 3]); key_bits {0,1}[bits] or [B, bits].
 
-    Returns per image: detected, matches, p_value (the binomial tail times the stage's correction, capped at 1:
-    detected exactly when p_value <= fpr), stage ("tile" | "sync"), logits f32[bits], scale, angle."""
+    Returns per image: detected (matches >= tau(the stage's fpr)), matches, p_value (the binomial tail of matches,
+    uncorrected, as `detect.detect` reports it), stage ("tile" | "sync"), logits f32[bits], scale, angle."""
     imgs = check_images(images)
     n = len(imgs)
     keys = np.asarray(key_bits)
@@ -278,5 +278,5 @@ def detect_cascade(model: WatermarkModel, images, key_bits, fpr: float = 1e-6, s
 def _record(logits, key, fpr: float, factor: int, stage: str, scale: float, angle: float) -> dict:
     m = int(np.sum((np.asarray(logits) > 0) == (np.asarray(key) > 0)))
     return {"detected": m >= stats.threshold(len(key), fpr / factor), "matches": m,
-            "p_value": min(1.0, factor * float(stats.p_value(m, len(key)))), "stage": stage,
+            "p_value": float(stats.p_value(m, len(key))), "stage": stage,
             "logits": np.asarray(logits, np.float32), "scale": float(scale), "angle": float(angle)}

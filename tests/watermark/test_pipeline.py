@@ -206,14 +206,16 @@ def test_cascade_equals_detect_cascade_image_by_image(tiny, tmp_path):
             assert late["status"] == "error" and late["stage"] == "sync" and "sync stage" in late["error"]
         else:
             assert late["status"] == "ok" and late["stage"] == "tile"
-    # identification in the sync stage: the same Decision on the synchronised logits, at fpr / (2 N) per key
+    # identification in the sync stage: the alignment the keys agree with best among the reader's shortlist, and the
+    # same Decision on its logits, at fpr / (2 candidates N) per key
     others = np.random.default_rng(5).integers(0, 2, (2, 48)).astype(np.uint8)
     keys = np.concatenate([others, key[None]])
     recs = list(TileDetector(model, Decision(code, keys, fpr=fpr)).run_sequential(paths[:4], 4))
     assert recs[0]["stage"] == "tile" and recs[0]["key_index"] == 2
     for r, img in zip(recs[1:], images[1:4]):
         if r["stage"] == "sync":
-            idx, _, m = detect.identify(sync.read(model, img).logits[None], keys, fpr=fpr / 2)
+            read = sync.read(model, img, keys, sync.SHIFT_CANDIDATES)
+            idx, _, m = detect.identify(read.logits[None], keys, fpr=fpr / (2 * sync.SHIFT_CANDIDATES))
             assert (r["key_index"], r["matching_bits"]) == (int(idx[0]), int(m[0]))
     from qrjax.watermark import WatermarkModel
 

@@ -91,16 +91,44 @@ def test_cascade_stages_and_budget():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 40, 3), np.uint8), rng.integers(0, 256, (50, 36, 3), np.uint8)]
     key = rng.integers(0, 2, 48)
-    recs = sync.detect_cascade(model, images, key, fpr=1e-3)
-    tau = detect.threshold(48, 5e-4)  # each stage at fpr / 2
-    for r in recs:
-        assert r["stage"] in ("tile", "sync") and r["detected"] == (r["matches"] >= tau)
+    recs = sync.detect_cascade(model, images, key, fpr=1e-3, candidates=8)
+    tau = {"tile": detect.threshold(48, 5e-4), "sync": detect.threshold(48, 5e-4 / 8)}  # Bonferroni
+    for r, im in zip(recs, images):
+        assert r["stage"] in ("tile", "sync") and r["detected"] == (r["matches"] >= tau[r["stage"]])
         assert r["logits"].shape == (48,) and r["p_value"] == pytest.approx(detect.p_value(r["matches"], 48))
+        if r["stage"] == "sync":  # the shortlist's alignment agreeing best with the key
+            cands = sync.read_candidates(model, im, 8)
+            m = np.sum((cands.logits > 0) == (key > 0), axis=1)
+            assert r["matches"] == m.max() and len(cands.logits) == 8
     assert all(r["stage"] == "sync" for r in recs if not r["detected"])
     only_tile = sync.detect_cascade(model, images, key, fpr=1e-3, sync=False)
     assert all(r["stage"] == "tile" for r in only_tile)
     with pytest.raises(ValueError, match="key_bits"):
         sync.detect_cascade(model, images, np.zeros((3, 48)))
+
+
+def test_shortlist_is_key_blind_and_ranked_by_the_sign_invariant_score():
+    """The shortlist is the same whatever the key, flipping every logit's sign leaves the ranking, and the ranking
+    is by L1 / L2 computed here from scratch over all p x p shifts."""
+    import jax.numpy as jnp
+
+    model = _tiny_model()
+    im = np.random.default_rng(2).integers(0, 256, (48, 40, 3), np.uint8)
+    cands = sync.read_candidates(model, im, 10)
+    c = model.config
+    frame = sync.to_frame(im, c)
+    canvas = sync.canvas_shape(round(frame.shape[0] / cands.scale), round(frame.shape[1] / cands.scale))
+    full = np.asarray(sync._warped_logits(c, model.variables["extractor"], jnp.asarray(frame),
+                                          jnp.asarray([cands.scale, cands.angle], jnp.float32), canvas, None))
+    like = np.abs(full).sum(-1) / np.linalg.norm(full, axis=-1)
+    best = np.argsort(-like.ravel(), kind="stable")[:10]
+    np.testing.assert_array_equal(cands.shifts, np.stack(np.unravel_index(best, like.shape), -1))
+    np.testing.assert_allclose(cands.logits, full.reshape(-1, c.bits)[best], rtol=1e-6)
+    assert sync.choose(cands) == (0, 1)
+    i, spent = sync.choose(cands, np.zeros(c.bits, np.uint8))
+    assert spent == 10 and i == int(np.argmax(np.sum(cands.logits <= 0, axis=1)))
+    with pytest.raises(ValueError, match="candidates"):
+        sync.read_candidates(model, im, 0)
 
 
 def test_sync_needs_a_band_limited_carrier():

@@ -32,7 +32,7 @@ from PIL import Image
 from qrjax import bench, tiling
 from qrjax.data import bundled_source
 from qrjax.ecc import get_code
-from qrjax.watermark import detect, embed, extract, load_pretrained
+from qrjax.watermark import embed, load_pretrained
 from qrjax.watermark.pipeline import Decision, FullImageDetector, TileDetector
 
 model, baseline_model = load_pretrained("cpu"), load_pretrained("cpu-full")
@@ -98,16 +98,18 @@ assert len(records) == len(paths)
 
 # %% [markdown]
 # ## The same decisions as a plain per-image call
+# The system is a cascade: the tile, then the synchronised reader (`qrjax.watermark.sync`) for what the tile did not
+# detect. `sync.detect_cascade` is the same cascade, one image at a time.
 
 # %%
 from qrjax.data.decode import decode  # noqa: E402
+from qrjax.watermark import sync  # noqa: E402
 
 agree = 0
 ok_records = [r for r in records if r["status"] == "ok"]
 for r in ok_records:
-    logits = extract(model, decode(r["path"], min_size=256).rows[None], placement="fixed")
-    found, _, m = detect.detect(logits, key[None])
-    agree += (bool(found[0]), int(m[0])) == (r["detected"], r["matching_bits"])
+    want = sync.detect_cascade(model, [decode(r["path"], min_size=256).rows], key, fpr=1e-6)[0]
+    agree += (want["stage"], want["detected"], want["matches"]) == (r["stage"], r["detected"], r["matching_bits"])
 print(f"pipeline == plain call on {agree}/{len(ok_records)} images")
 
 # %% [markdown]

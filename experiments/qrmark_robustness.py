@@ -26,7 +26,7 @@ makes a random scale in [0.5, 2] (log-uniform) when resized to --fpr-size, then 
 +-10 degrees; deterministic in the variant's index. Each is read by the tile stage and by the synchronised reader
 and tested against one of --fpr-keys fixed keys (variant i: key i mod K). Measured FPR at 1e-2, 1e-3 and 1e-4 for
 the tile stage alone and the synchronised reader's key-blind first alignment (exact tests at tau(fpr)), the reader
-with the key choosing among its shortlist (tau(fpr / K)) and the cascade (tile at tau(fpr/2) or sync at
+with the key choosing among its K alignments (all 256 cyclic shifts; tau(fpr / K)) and the cascade (tile at tau(fpr/2) or sync at
 tau(fpr/2K)), with two-sided 95% Clopper-Pearson intervals; the cascade's decisions are checked against
 detect_cascade itself on the first --fpr-check variants. At 1e-6: the same clean logits against --fpr-keys-tail
 random keys (keys independent of the images, so every (variant, key) pair is a null trial).
@@ -122,10 +122,10 @@ def run_qrjax(model: WatermarkModel, images: np.ndarray, keys: np.ndarray, use_s
 
 
 def run_sync(model: WatermarkModel, images: np.ndarray, keys: np.ndarray) -> dict:
-    """The reader alone: its shortlist, the alignment the image's key agrees with best, tau(FPR / shortlist)."""
-    logits = np.stack([sync.read(model, im, key, sync.SHIFT_CANDIDATES).logits for im, key in zip(images, keys)])
+    """The reader alone: the alignment (of all p x p shifts) the image's key agrees with best, tau(FPR / p^2)."""
+    logits = np.stack([sync.read(model, im, key).logits for im, key in zip(images, keys)])
     m = np.asarray(detect.matches(logits, keys))
-    return _score(m, m >= detect.threshold(keys.shape[1], FPR / sync.SHIFT_CANDIDATES), keys.shape[1])
+    return _score(m, m >= detect.threshold(keys.shape[1], FPR / sync.n_candidates(model.config)), keys.shape[1])
 
 
 def run_peer(peer: DwtDctPeer, images: np.ndarray, keys: np.ndarray) -> dict:
@@ -157,11 +157,11 @@ def false_positives(model: WatermarkModel, args) -> dict:
     """Measured false positives on clean (unmarked) edited photographs, per stage and for the cascade.
 
     Stages: "tile" (the fixed grid, tau(fpr)); "sync, key-blind" (the synchronised reader's first alignment by the
-    sign-invariant score, tau(fpr): the check that scale, angle and the shortlist spend nothing); "sync" (the key
-    picks the best of the K-alignment shortlist, tau(fpr / K), the bound K P(Bin >= tau)); "cascade" (tile at
+    sign-invariant score, tau(fpr): the check that scale and angle spend nothing); "sync" (the key picks the best
+    of the K alignments, tau(fpr / K), the bound K P(Bin >= tau)); "cascade" (tile at
     tau(fpr / 2) or sync at tau(fpr / 2K)), bound the sum of the two."""
     bits = model.config.bits
-    k_cands = sync.SHIFT_CANDIDATES
+    k_cands = sync.n_candidates(model.config)
     photos = list(bundled_images().values())
     rng = np.random.default_rng(11)
     keys = rng.integers(0, 2, (args.fpr_keys, bits)).astype(np.uint8)
@@ -363,7 +363,7 @@ def markdown(result: dict) -> str:
               f"scales {f['scale_range'][0]:.2f}-{f['scale_range'][1]:.2f}, angles {f['angle_range'][0]:.1f} to "
               f"{f['angle_range'][1]:.1f} degrees), one of {f['keys']} fixed keys each. The tile and the key-blind "
               f"synchronised read (its first alignment by the sign-invariant score) are exact tests at tau(fpr); "
-              f"'sync' lets the key pick the best of the {f['shift_candidates']} shortlisted alignments at "
+              f"'sync' lets the key pick the best of the {f['shift_candidates']} alignments (cyclic shifts) at "
               f"tau(fpr / {f['shift_candidates']}) (Bonferroni bound); the cascade is the tile at tau(fpr / 2) or "
               f"sync at tau(fpr / {2 * f['shift_candidates']}), bound the sum. CI: two-sided 95% Clopper-Pearson.",
               ""]

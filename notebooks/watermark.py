@@ -76,11 +76,11 @@ for name in ("none", "jpeg80") if SMOKE else ("none", "jpeg80", "jpeg50", "blur3
 # bits' signs) and lets the key pick among them; the test then pays for those 64 choices (Bonferroni).
 
 # %%
-tau_tile, tau_sync = detect.threshold(48, 1e-6), detect.threshold(48, 1e-6 / sync.SHIFT_CANDIDATES)
+tau_tile, tau_sync = detect.threshold(48, 1e-6), detect.threshold(48, 1e-6 / sync.n_candidates(model.config))
 for name in ("rotate5",) if SMOKE else ("rotate5", "crop0.71", "resize0.5", "jpeg80+crop0.71+brightness0.5"):
     attacked = attacks.eval_attack(name, img)
     tile_right = int(np.sum((extract(model, attacked[None], placement="fixed")[0] > 0) == bits))
-    r = sync.read(model, attacked, bits, sync.SHIFT_CANDIDATES)
+    r = sync.read(model, attacked, bits)
     right = int(np.sum((r.logits > 0) == bits))
     print(f"{name:30s} {attacked.shape[:2]}  tile {tile_right}/48 (needs {tau_tile})  synchronised {right}/48 "
           f"(needs {tau_sync}; scale {r.scale:.3f}, angle {r.angle:+.2f})")

@@ -109,7 +109,7 @@ PRESETS: dict[str, WatermarkConfig] = {
                            attack_weights=(1.0, 1.0, 1.0, 0.5, 1.0, 4.0, 1.5), blur_sigma=(0.5, 1.2),
                            attack_warmup_steps=100, strength_warmup_steps=400, strength_start_scale=2.0,
                            learning_rate=1e-3, warmup_steps=50, log_every=50, checkpoint_every=250,
-                           eval_every=250),
+                           eval_every=250, refine_steps=10),
     "tiny": WatermarkConfig(name="tiny", bits=48, channels=8, encoder_blocks=1, extractor_blocks=1, working_size=32,
                             tile=16, train_tile=16, carrier_period=8, extractor_period=8, carrier_band=2, luma=True,
                             highpass_size=8, batch_size=8, steps=4, warmup_steps=1, attack_warmup_steps=0,

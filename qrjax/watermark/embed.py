@@ -103,8 +103,15 @@ def refine_residual(config: WatermarkConfig, variables, work, unit_residual, bit
     g = None if config.full_image else tiling.grid(s, s, config.tile)
     target = bits if g is None else jnp.repeat(bits, len(g), axis=0)
 
+    if config.carrier_band:  # keep what the refinement adds in the carrier's band: below band / period cycles/px
+        fy = jnp.abs(jnp.fft.fftfreq(work.shape[1]))[:, None]
+        fx = jnp.abs(jnp.fft.fftfreq(work.shape[2]))[None, :]
+        cut = config.carrier_band / config.carrier_period + 1e-6
+        band = ((fy <= cut) & (fx <= cut)).astype(work.dtype)[None, :, :, None]
+
     def residual(u):  # a luma model's residual stays one plane, added equally to R, G and B
-        if config.carrier_band:  # the encoder's bound: RMS amplitude (see Encoder)
+        if config.carrier_band:  # the encoder's bound: RMS amplitude (see Encoder), and the carrier's band
+            u = jnp.real(jnp.fft.ifft2(jnp.fft.fft2(u, axes=(1, 2)) * band, axes=(1, 2)))
             r = amplitude * u * jax.lax.rsqrt(jnp.mean(u ** 2, axis=(1, 2, 3), keepdims=True) + 1e-12)
         else:  # peak amplitude
             r = amplitude * jnp.tanh(u)

@@ -17,7 +17,7 @@ per-stage micro-batches inside compiled functions):
            rotation and shift of the carrier, one compiled extractor call per canvas shape) and decided again by the
            same `Decision`. Records leave in input order as soon as their batch's synchronised reads are done; a
            batch that the tile detected entirely never waits for this stage. With the cascade on, the tile tests at
-           fpr / 2 and the reader at fpr / (2 x its shortlist of alignments, which the key chooses among),
+           fpr / 2 and the reader at fpr / (2 x the 256 alignments the key chooses among),
            Bonferroni, so the cascade's false-positive rate stays <= fpr.
 
 Resource-aware allocation (`plan_allocation`, QRMark's greedy rule): a warm-up measures each stage's cost per image
@@ -264,7 +264,7 @@ class TileDetector:
     sync (default True): the detection cascade, when the decision tests a key (or N keys): inputs the tile did not
     detect go to the synchronised reader (`qrjax.watermark.sync.read` on the whole decoded image) and the same
     decision (known key, identification, ECC payload) on its logits. The tile tests at decision.fpr / 2, the reader
-    at decision.fpr / (2 sync.SHIFT_CANDIDATES) (Bonferroni over the stages and over the alignments the key picks
+    at decision.fpr / (2 x the p x p shifts, `sync.n_candidates`) (Bonferroni over the stages and over the alignments the key picks
     among), so the cascade's false-positive rate stays <= decision.fpr; records carry
     `stage` ("tile" | "sync") and, for "sync", the edit's `scale` and `angle` (degrees). Decisions then equal
     `sync.detect_cascade(model, decode(path, min_size=...).rows, key, fpr, sync=True)` image by image. The model
@@ -289,9 +289,10 @@ class TileDetector:
         self.model, self.cell, self.draft = model, tuple(cell), draft
         self.fpr = decision.fpr  # the whole detector's (the cascade's) false-positive rate
         # the decision each stage applies: the tile at fpr / 2 in the cascade; the synchronised reader at
-        # fpr / (2 candidates), since the key picks the best of `sync.SHIFT_CANDIDATES` alignments
+        # fpr / (2 candidates), since the key picks the best of the carrier period's p x p cyclic shifts
         self.decision = dataclasses.replace(decision, fpr=decision.fpr / 2) if self.cascade else decision
-        self.sync_decision = dataclasses.replace(decision, fpr=decision.fpr / (2 * sync.SHIFT_CANDIDATES))
+        self.shifts = sync.n_candidates(config) if self.cascade else 1
+        self.sync_decision = dataclasses.replace(decision, fpr=decision.fpr / (2 * self.shifts))
         self._decide = jax.jit(self.sync_decision.__call__)  # the sync stage's decision, one [1, bits] row at a time
         self.preprocess = ("reference" if jax.default_backend() == "cpu" else "kernel") if preprocess == "auto" \
             else preprocess
@@ -327,7 +328,7 @@ class TileDetector:
         becomes an error record (stage "sync")."""
         try:
             img = decode(path, min_size=self.model.config.working_size if self.draft else None)
-            read = sync.read(self.model, img.rows, self.sync_decision.keys, sync.SHIFT_CANDIDATES)
+            read = sync.read(self.model, img.rows, self.sync_decision.keys, self.shifts)
             arrays = jax.device_get(self._decide(jnp.asarray(read.logits)[None]))
             rec = records([path], arrays, self.sync_decision, stage="sync")[0]
             rec.update(scale=read.scale, angle=read.angle)

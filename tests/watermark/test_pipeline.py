@@ -214,8 +214,8 @@ def test_cascade_equals_detect_cascade_image_by_image(tiny, tmp_path):
     assert recs[0]["stage"] == "tile" and recs[0]["key_index"] == 2
     for r, img in zip(recs[1:], images[1:4]):
         if r["stage"] == "sync":
-            read = sync.read(model, img, keys, sync.SHIFT_CANDIDATES)
-            idx, _, m = detect.identify(read.logits[None], keys, fpr=fpr / (2 * sync.SHIFT_CANDIDATES))
+            read = sync.read(model, img, keys)
+            idx, _, m = detect.identify(read.logits[None], keys, fpr=fpr / (2 * sync.n_candidates(model.config)))
             assert (r["key_index"], r["matching_bits"]) == (int(idx[0]), int(m[0]))
     from qrjax.watermark import WatermarkModel
 

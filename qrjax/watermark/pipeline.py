@@ -54,6 +54,7 @@ from qrjax.data.decode import ImageReadError, decode
 from qrjax.ecc import BitCode
 from qrjax.ecc.hexbits import bits_to_hex
 from qrjax.watermark import detect, sync
+from qrjax.watermark.sync import n_candidates
 from qrjax.watermark.embed import WatermarkModel, extractor_logits, read_logits
 
 STAGES = ("read", "device", "write")  # the stages the allocator plans; the sync stage reuses the read workers
@@ -264,8 +265,8 @@ class TileDetector:
     sync (default True): the detection cascade, when the decision tests a key (or N keys): inputs the tile did not
     detect go to the synchronised reader (`qrjax.watermark.sync.read` on the whole decoded image) and the same
     decision (known key, identification, ECC payload) on its logits. The tile tests at decision.fpr / 2, the reader
-    at decision.fpr / (2 x the p x p shifts, `sync.n_candidates`) (Bonferroni over the stages and over the alignments the key picks
-    among), so the cascade's false-positive rate stays <= decision.fpr; records carry
+    at decision.fpr / (2 x the p x p shifts the key picks among, `sync.n_candidates`) (Bonferroni), so the
+    cascade's false-positive rate stays <= decision.fpr; records carry
     `stage` ("tile" | "sync") and, for "sync", the edit's `scale` and `angle` (degrees). Decisions then equal
     `sync.detect_cascade(model, decode(path, min_size=...).rows, key, fpr, sync=True)` image by image. The model
     must have a band-limited periodic carrier (`cascade_unavailable` says why one cannot): ValueError otherwise.
@@ -291,7 +292,7 @@ class TileDetector:
         # the decision each stage applies: the tile at fpr / 2 in the cascade; the synchronised reader at
         # fpr / (2 candidates), since the key picks the best of the carrier period's p x p cyclic shifts
         self.decision = dataclasses.replace(decision, fpr=decision.fpr / 2) if self.cascade else decision
-        self.shifts = sync.n_candidates(config) if self.cascade else 1
+        self.shifts = n_candidates(config) if self.cascade else 1
         self.sync_decision = dataclasses.replace(decision, fpr=decision.fpr / (2 * self.shifts))
         self._decide = jax.jit(self.sync_decision.__call__)  # the sync stage's decision, one [1, bits] row at a time
         self.preprocess = ("reference" if jax.default_backend() == "cpu" else "kernel") if preprocess == "auto" \

@@ -206,7 +206,9 @@ def test_system_templates_catch_a_model_that_does_not_fit_its_config(tmp_path):
     with pytest.raises(ValueError, match=r"\['params'\].*has shape"):
         dexport.load_model(tmp_path / "wrong")
     wm = wexport.load_pretrained("cpu")
-    wexport.save_model(wm._replace(config=wm.config.replace(whiten=False)), tmp_path / "wm")
+    assert not wm.config.whiten and "whitening" not in wm.variables
+    whitening = {"w": np.eye(wm.config.bits, dtype=np.float32), "b": np.zeros(wm.config.bits, np.float32)}
+    wexport.save_model(wm._replace(variables={**wm.variables, "whitening": whitening}), tmp_path / "wm")
     with pytest.raises(ValueError, match=r"unexpected \['whitening'\]\['b'\]"):
         wexport.load_model(tmp_path / "wm")
 

@@ -65,12 +65,24 @@ def quantize(x: jax.Array) -> jax.Array:
     return (y + jax.lax.stop_gradient(jnp.round(y) - y)) / 255.0
 
 
-@partial(jax.jit, static_argnums=(0, 5))
 def _embed_same_size(config: WatermarkConfig, variables, images_u8, bits, strength_scale, refine_steps: int):
+    """Three compiled pieces, so the costly one (encoder + refinement at working size) compiles once per batch size
+    whatever the images' size: resize to working size, residual there, upsample and add."""
+    work = _to_working(config.working_size, images_u8)
+    res = _working_residual(config, variables, work, bits, strength_scale, refine_steps)
+    return _add_residual(images_u8, res)
+
+
+@partial(jax.jit, static_argnums=0)
+def _to_working(s: int, images_u8):
     b, h, w, _ = images_u8.shape
     x = images_u8.astype(jnp.float32) / 255.0
-    s = config.working_size
-    work = jax.image.resize(x, (b, s, s, 3), "linear", antialias=True) if (h, w) != (s, s) else x
+    return jax.image.resize(x, (b, s, s, 3), "linear", antialias=True) if (h, w) != (s, s) else x
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def _working_residual(config: WatermarkConfig, variables, work, bits, strength_scale, refine_steps: int):
+    b, s = work.shape[0], work.shape[1]
     enc_vars = variables["encoder"]
     if config.full_image:
         res, _ = encoder_residual(config, enc_vars, work, bits)
@@ -81,10 +93,15 @@ def _embed_same_size(config: WatermarkConfig, variables, images_u8, bits, streng
         res = tiling.stitch(res.reshape(b, len(g), config.tile, config.tile, 3), g)
     amplitude = strength_scale * config.strength
     if refine_steps:
-        res = refine_residual(config, variables, work, res / config.strength, bits, amplitude, refine_steps)
-    else:
-        res = strength_scale * res
-    if (h, w) != (s, s):
+        return refine_residual(config, variables, work, res / config.strength, bits, amplitude, refine_steps)
+    return strength_scale * res
+
+
+@jax.jit
+def _add_residual(images_u8, res):
+    b, h, w, _ = images_u8.shape
+    x = images_u8.astype(jnp.float32) / 255.0
+    if (h, w) != res.shape[1:3]:
         res = jax.image.resize(res, (b, h, w, 3), "linear")
     return jnp.round(jnp.clip(x + res, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 

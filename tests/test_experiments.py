@@ -67,7 +67,7 @@ def test_qrmark_throughput_smoke(tmp_path):
     # --no-sync and two distinct images: the synchronised stage's whole-image extractor at every shift and the
     # refined embedding take minutes under the tests' unoptimised XLA; the cascade itself is tested in
     # tests/watermark (test_pipeline, test_sync, test_cli)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=SMOKE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "qrmark_throughput.json").read_text())
     assert result["sync"] is False

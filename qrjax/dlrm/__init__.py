@@ -1,0 +1,1 @@
+"""DLRM with a compressed embedding all-to-all."""

@@ -116,8 +116,8 @@ class SyntheticCriteo:
       + interaction_std · (Σ_(a,b) <v_a, v_b> + Σ_t <v_t, A_t x>)    low-rank interactions, v_t = mean_h u_t[row]
       + bias,
       each part scaled to the given standard deviation over the data, and the bias solved so the mean click rate
-      is `ctr`. u_t are rank-`teacher_rank` latent vectors for `_PAIRS` random table pairs and `_DENSE_TABLES`
-      tables that also meet a projection A_t of the standardised dense features x.
+      is `ctr`. u_t are rank-`teacher_rank` latent vectors, met in 8 random table pairs (`interaction_pairs`) and,
+      for 4 random tables (`dense_tables`), with a projection A_t of the standardised dense features x.
 
     Memory: each table keeps its sampling CDF (float64) and permutation (int32), 12 bytes per row, built when the
     object is made; the teacher's per-row values are hashed from (seed, table, row) when looked up and stored nowhere.
@@ -483,7 +483,8 @@ class CriteoTSV:
         return self._batch(*self._advance(batch_size, keep=True))
 
     def _advance(self, n: int, keep: bool):
-        """Take n samples of the endless training stream (wrapping at the end of the file)."""
+        """The next n samples of the endless training stream (wrapping at the end of the file) as (label, counts,
+        rows) if keep, else None (skipped)."""
         parts = []
         while n > 0:
             got = self._train.take(n, keep)

@@ -51,6 +51,9 @@ ZERO = (2, 8)  # per code channel
 NEG = (4, 16)
 CODE_LIMIT = 2.0**29  # |code| below this keeps every Lorenzo residual inside int32
 ULP_MARGIN = 4  # values are verified against their bound minus this many ulps of the value
+# Absolute bounds are shrunk slightly below the user's so rounding in the rebuild rarely turns a value into an outlier
+# (measured to give zero violations on QFT-22 and random-20 states in the brief).
+ABS_SHRINK = 1.0 - 2.0**-10
 WORD = 32
 
 
@@ -99,10 +102,27 @@ def _log_code(ax, step):
     return t, jnp.abs(t) < CODE_LIMIT
 
 
-def _lin_code(x, centre, step):
+def abs_half_step(bound, top, ulp):
+    """The quantiser's half step for an absolute bound: below `bound` by the shrink and by the rounding of the
+    rebuild, centre + code * step rounded to a dtype with machine epsilon `ulp`, for values up to |top| (a code
+    is off by at most half a step, the product and the sum by an ulp of top each; ULP_MARGIN + 1 ulps leave room
+    for a decoder that rounds differently, e.g. with a fused multiply-add). <= 0 when the bound is below the
+    dtype's resolution at top. Python floats or arrays."""
+    return bound * ABS_SHRINK - (ULP_MARGIN + 1) * ulp * top
+
+
+def linear_code(x, centre, step):
+    """The linear quantiser: float code round((x - centre) / step) (0 where step is 0) -> (code, in CODE_LIMIT).
+    The rebuilt value is centre + code * step (`linear_value`)."""
     inv = jnp.where(step > 0, 1.0 / jnp.where(step > 0, step, 1.0), 0.0)
     t = jnp.floor((x - centre) * inv + 0.5)
     return t, jnp.abs(t) < CODE_LIMIT
+
+
+def linear_value(code, centre, step, dtype):
+    """The value of a linear code, computed in `dtype` (the codec uses float64 so that large codes keep their low
+    bits; the fixed-width collective codes are small and use float32)."""
+    return (centre + code.astype(dtype) * step).astype(dtype)
 
 
 def _subnormal(x):
@@ -129,7 +149,7 @@ def encode_values(xs, scalars, scheme: Scheme):
     codes, ok = [], finite
     if scheme.mode == "abs":
         for x, centre in zip(xs, (c0, c1)):
-            t, inr = _lin_code(x.astype(f64), centre, step0)
+            t, inr = linear_code(x.astype(f64), centre, step0)
             codes.append(t)
             ok &= inr
     elif scheme.rep in ("real", "cartesian"):  # pw_rel per component: eps on each component gives eps on |a|
@@ -173,7 +193,7 @@ def decode_values(codes, flags, scalars, scheme: Scheme):
     f64, work = jnp.float64, scheme.component_dtype
     step0, step1, c0, c1 = scalars[1], scalars[2], scalars[3], scalars[4]
     if scheme.mode == "abs":  # float64: centre + q * step must not lose the code's low bits
-        return tuple((centre + q.astype(f64) * step0).astype(work) for q, centre in zip(codes, (c0, c1)))
+        return tuple(linear_value(q, centre, step0, f64).astype(work) for q, centre in zip(codes, (c0, c1)))
     if scheme.rep in ("real", "cartesian"):
         vals = []
         for c, q in enumerate(codes):

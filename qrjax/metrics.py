@@ -1,4 +1,5 @@
-"""Image metrics shared by the systems: fidelity to a reference (PSNR, SSIM) and seams at tile borders.
+"""Metrics shared by the systems: image fidelity to a reference (PSNR, SSIM), seams at tile borders, and binary
+classifier quality (ROC AUC, log loss: DLRM click prediction).
 
 `psnr` and `ssim` are plain `jnp` (they run under `jit`, inside training steps, and on numpy inputs alike) and take
 image batches `[..., H, W, C]` to one value per image `[...]` (a single `[H, W, C]` image gives a scalar); a
@@ -9,6 +10,9 @@ scikit-image works in float64, so the values agree to float32 rounding (SSIM ~1e
 
 `data_range` has no default on purpose: the systems mix [0, 1] floats (training) and uint8 images (255), and a
 wrong range silently shifts PSNR by 48 dB.
+
+`roc_auc` and `log_loss` are numpy (evaluation on the host, over a whole held-out set) and match scikit-learn's
+`roc_auc_score` and `log_loss`, which the tests check.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["psnr", "ssim", "seam_ratio"]
+__all__ = ["log_loss", "psnr", "roc_auc", "seam_ratio", "ssim"]
 
 
 def _as_float(x) -> jax.Array:
@@ -141,3 +145,38 @@ def seam_ratio(image: np.ndarray, period: int, offset: tuple[int, int] = (0, 0),
         raise ValueError(f"seam_ratio: a {g.shape[0]}x{g.shape[1]} image has no border or no other lines for "
                          f"period {period}")
     return float(border.mean() / inner.mean())
+
+
+def _binary(name: str, labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).reshape(-1)
+    s = np.asarray(scores, np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"{name}: {y.size} labels but {s.size} scores")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"{name}: labels must be 0 or 1")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{name}: {int((~np.isfinite(s)).sum())} scores are not finite")
+    return y.astype(bool), s
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random negative (ties count
+    one half), by the rank-sum (Mann-Whitney U) formula with average ranks for ties. labels: {0, 1}[N]."""
+    y, s = _binary("roc_auc", labels, scores)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError(f"roc_auc: needs both classes, got {pos} positives and {neg} negatives")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # average rank (1-based) of each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    ranks = np.empty(s.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def log_loss(labels, logits) -> float:
+    """Mean binary cross-entropy of click logits (natural log), computed stably from the logits."""
+    y, z = _binary("log_loss", labels, logits)
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))

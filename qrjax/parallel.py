@@ -38,6 +38,18 @@ def make_mesh(axis_shapes: Sequence[int] | None = None, axis_names: Sequence[str
     return jax.make_mesh(tuple(axis_shapes), tuple(axis_names), axis_types=axis_types, devices=devices)
 
 
+def use_cpu_devices(n: int) -> None:
+    """Ask for n simulated CPU devices when the backend is the CPU (call before anything starts JAX's backend; if it
+    has started, the devices it has stand). Raises ValueError when fewer than n devices are available."""
+    if n > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:  # the backend is already up: keep what it has
+            pass
+    if len(jax.devices()) < n:
+        raise ValueError(f"--devices {n}: only {len(jax.devices())} device(s) available")
+
+
 def shard_batch(x, mesh: Mesh, axis: str = "data"):
     """Place x with its leading (batch) axis split over `axis`; the batch must divide evenly.
 
@@ -51,6 +63,17 @@ def shard_batch(x, mesh: Mesh, axis: str = "data"):
         return jax.device_put(x, sharding)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-process) jax.Array -> the whole array as numpy on every process (a collective when the
+    array spans processes: every process must call it)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    with _stdout_to_stderr():
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 # ------------------------------------------------------------------------------------------------ processes

@@ -131,3 +131,19 @@ def test_seam_ratio_phase_compares_like_lines():
     assert seam_ratio(blocks, 16) > 1.5
     with pytest.raises(ValueError, match="no border"):
         seam_ratio(np.zeros((8, 8)), 16)
+
+
+def test_roc_auc_and_log_loss_match_sklearn(rng):
+    from sklearn.metrics import log_loss as sk_log_loss, roc_auc_score
+
+    from qrjax.metrics import log_loss, roc_auc
+
+    y = rng.random(2000) < 0.3
+    scores = np.round(rng.normal(size=2000) + y, 1)  # rounded: many ties
+    assert roc_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert roc_auc(y, -scores) == pytest.approx(1 - roc_auc_score(y, scores), abs=1e-12)
+    assert log_loss(y, scores) == pytest.approx(sk_log_loss(y, 1 / (1 + np.exp(-scores))), rel=1e-9)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc(np.ones(4), np.arange(4.0))
+    with pytest.raises(ValueError, match="2 labels but 3 scores"):
+        roc_auc([0, 1], [0.1, 0.2, 0.3])

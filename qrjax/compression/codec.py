@@ -41,7 +41,7 @@ LOSSLESS = ("auto", "zstd", "none")
 DTYPES = ("float32", "float64", "complex64", "complex128")
 # Internal bounds shrink slightly below the user's so rounding in the rebuild rarely turns a value into an outlier
 # (the shrink factors measured to give zero violations on QFT-22 and random-20 states in the brief).
-ABS_SHRINK = 1.0 - 2.0**-10
+ABS_SHRINK = eb.ABS_SHRINK
 LOG_SHRINK = 1.0 - 2.0**-6
 POLAR_MIN_BOUND = 1e-8
 MAGIC = b"QRJC"
@@ -210,7 +210,7 @@ def _scheme_and_scalars(parts, dtype: np.dtype, bound: float, mode: str, complex
             top = float(np.max(np.abs(rng)))
         # The rebuilt value is rounded to the input dtype (half an ulp) and verified with a margin of ULP_MARGIN ulps:
         # keep the quantisation's half-step below the bound by both, or most values near |x| = top become outliers.
-        half = check * ABS_SHRINK - (eb.ULP_MARGIN + 1) * ulp * top
+        half = eb.abs_half_step(check, top, ulp)
         half = half if half > 0 else check * ABS_SHRINK  # bound below the dtype's resolution: outliers decide
         step0 = 2 * (half / math.sqrt(2) if is_complex else half)  # |(de_re, de_im)| <= e
     scheme = eb.Scheme("pw_rel" if mode == "pw_rel" else "abs", rep, dtype.name, period)

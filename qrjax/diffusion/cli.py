@@ -27,16 +27,12 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _use_devices(n: int) -> None:
-    """Ask for n simulated CPU devices when running on CPU (must happen before JAX starts its backend)."""
-    import jax
+    from qrjax.parallel import use_cpu_devices
 
-    if n > 1:
-        try:
-            jax.config.update("jax_num_cpu_devices", n)
-        except RuntimeError:  # the backend is already up: keep what it has
-            pass
-    if len(jax.devices()) < n:
-        console.fail("qrjax diffusion generate", f"--devices {n}: only {len(jax.devices())} device(s) available")
+    try:
+        use_cpu_devices(n)
+    except ValueError as err:
+        console.fail("qrjax diffusion generate", str(err))
 
 
 def cmd_train(args) -> int:

@@ -6,7 +6,9 @@ A system supplies
   exactly the batches an uninterrupted one would (non-array entries, e.g. a static attack choice, pass through);
 - optionally `eval_fn(state, step) -> metrics`, run every `eval_every` steps and at the end.
 Arrays in the batch are split over the mesh's data axis; the state is replicated, so the same code runs on one device
-or many and jit inserts the gradient all-reduce (BatchNorm statistics are over the global batch, like SyncBN).
+or many and jit inserts the gradient all-reduce (BatchNorm statistics are over the global batch, like SyncBN). A
+model-parallel system passes `state_sharding` (a pytree of shardings like the state) to keep its sharded leaves
+split; checkpoints are saved and restored with those shardings.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from qrjax.parallel import make_mesh
+from qrjax.parallel import make_mesh, shard_batch
 from qrjax.train.checkpoint import Checkpointer
 from qrjax.train.metrics import MetricWriter
 
@@ -63,13 +65,17 @@ class _Prefetch:
         self._thread.join(timeout=5)
 
 
-def _place(batch: dict, sharding) -> dict:
-    return {k: jax.device_put(v, sharding) if isinstance(v, np.ndarray | jax.Array) else v for k, v in batch.items()}
+def _place(batch: dict, mesh, axis: str) -> dict:
+    """Host arrays split over the mesh's data axis (`shard_batch`: also across processes, where every process
+    passes the same whole batch); device arrays resharded; other entries pass through."""
+    sharding = NamedSharding(mesh, P(axis))
+    return {k: shard_batch(v, mesh, axis) if isinstance(v, np.ndarray) else
+            jax.device_put(v, sharding) if isinstance(v, jax.Array) else v for k, v in batch.items()}
 
 
 def fit(state, step_fn: Callable, batch_fn: Callable[[int], dict], *, steps: int, workdir: str | Path,
         checkpoint_every: int = 1000, log_every: int = 50, eval_fn: Callable | None = None, eval_every: int = 0,
-        meta: dict | None = None, mesh=None, progress: bool = True, description: str = "train"):
+        meta: dict | None = None, mesh=None, progress: bool = True, description: str = "train", state_sharding=None):
     """Train from the latest checkpoint under workdir (or from `state`) up to `steps`; returns the final state.
 
     Writes workdir/checkpoints/<step>/ and workdir/metrics.jsonl (train rows and, with eval_fn, rows with
@@ -78,9 +84,7 @@ def fit(state, step_fn: Callable, batch_fn: Callable[[int], dict], *, steps: int
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh() if mesh is None else mesh
-    replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P(mesh.axis_names[0]))
-    state = jax.device_put(state, replicated)
+    state = jax.device_put(state, NamedSharding(mesh, P()) if state_sharding is None else state_sharding)
 
     ckpt = Checkpointer(workdir / "checkpoints")
     start = 0
@@ -101,7 +105,7 @@ def fit(state, step_fn: Callable, batch_fn: Callable[[int], dict], *, steps: int
     try:
         for _ in range(start, steps):
             step, batch = prefetch.get()
-            state, metrics = step_fn(state, _place(batch, data))
+            state, metrics = step_fn(state, _place(batch, mesh, mesh.axis_names[0]))
             pending.append(metrics)
             done = step + 1
             bar.update(1)

@@ -1,4 +1,5 @@
-"""Optimisers: LAMB or AdamW behind gradient clipping, linear warm-up then cosine decay, no decay on 1-D params."""
+"""Optimisers: LAMB, AdamW or plain SGD behind optional gradient clipping, linear warm-up then cosine decay (constant
+when end_learning_rate equals learning_rate), no weight decay on 1-D params."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _decay_mask(params):
 @functools.lru_cache(maxsize=64)
 def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int, *, end_learning_rate: float = 0.0,
                    weight_decay: float = 0.0, grad_clip: float | None = 1.0) -> optax.GradientTransformation:
-    """name: 'adamw' or 'lamb'.
+    """name: 'adamw', 'lamb' or 'sgd' (DLRM's optimiser; no weight decay).
 
     The same arguments return the same (immutable) transformation: it is static metadata of the TrainState, so a new
     but equal one would make every jitted train step compile again."""
@@ -32,6 +33,10 @@ def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: in
         opt = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
     elif name == "lamb":
         opt = optax.lamb(schedule, weight_decay=weight_decay, mask=_decay_mask)
+    elif name == "sgd":
+        if weight_decay:
+            raise ValueError(f"make_optimizer: sgd takes no weight decay, got weight_decay={weight_decay}")
+        opt = optax.sgd(schedule)
     else:
-        raise ValueError(f"unknown optimizer {name!r}; choose adamw or lamb")
+        raise ValueError(f"unknown optimizer {name!r}; choose adamw, lamb or sgd")
     return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip else opt

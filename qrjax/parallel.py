@@ -72,7 +72,7 @@ def to_host(x) -> np.ndarray:
         return np.asarray(x)
     from jax.experimental import multihost_utils
 
-    with _stdout_to_stderr():
+    with native_stdout_to_stderr():
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -221,9 +221,10 @@ def process_share(items: Sequence, index: int | None = None, count: int | None =
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
+def native_stdout_to_stderr():
     """Send file descriptor 1 to stderr for a while: gloo logs each new connection ("[Gloo] Rank 0 is connected to
-    1 peer ranks ...") on the C++ stdout, which would mix with the JSON Lines a CLI prints there."""
+    1 peer ranks ...") on the C++ stdout, which would mix with the JSON Lines a CLI prints there. A CLI whose
+    compiled programs run cross-process collectives (DLRM training) runs its whole job inside it."""
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -239,7 +240,7 @@ def _allgather_bytes(data: bytes) -> list[bytes]:
     """Every process's bytes, in process order (a collective: every process must call it)."""
     from jax.experimental import multihost_utils
 
-    with _stdout_to_stderr():
+    with native_stdout_to_stderr():
         lengths = np.asarray(multihost_utils.process_allgather(np.asarray([len(data)], np.int32))).reshape(-1)
         padded = np.zeros(int(lengths.max()), np.uint8)
         padded[:len(data)] = np.frombuffer(data, np.uint8)

@@ -113,6 +113,25 @@ def test_bmqsim_memory_smoke(tmp_path):
     assert (tmp_path / "bmqsim_memory.md").read_text().startswith("# BMQSim")
 
 
+def test_dlrm_compression_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "dlrm_compression.py"), "--preset", "tiny", "--steps", "2",
+           "--eval-every", "1", "--codec-batch", "64", "--codec-rounds", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "dlrm_compression.json").read_text())
+    runs = result["runs"]
+    assert list(runs) == ["uncompressed", "fixed eps=0.01", "fixed eps=0.03", "fixed eps=0.05",
+                          "adaptive (paper tables)", "adaptive (stats tables)", "adaptive + compressed backward"]
+    assert all(r["bound_violations"] == 0 and r["steps"] == 2 for r in runs.values())
+    assert runs["uncompressed"]["wire_ratio"] == 1 and runs["uncompressed"]["delta_auc"] == 0
+    assert runs["adaptive + compressed backward"]["wire_ratio"] < runs["adaptive (paper tables)"]["wire_ratio"] < 1
+    assert all(len(c) == 2 for c in result["auc_curves"].values())  # evaluated at steps 1 and 2
+    assert 0.5 < result["teacher_auc"] <= 1 and result["codec"]["quantize_gbps"] > 0
+    assert [sorted(m["speedup"]) for m in result["speedup_model"]] == [["100", "200", "25", "50"]] * 4
+    assert (tmp_path / "dlrm_compression.md").read_text().startswith("# DLRM compressed all-to-all")
+    assert (tmp_path / "dlrm_compression.png").stat().st_size > 0
+
+
 def test_supergen_tiling_smoke(tmp_path):
     import jax
 

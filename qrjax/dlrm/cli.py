@@ -11,7 +11,7 @@ PROG = "qrjax dlrm train"
 
 
 def cmd_train(args) -> int:
-    from qrjax.parallel import use_cpu_devices
+    from qrjax.parallel import native_stdout_to_stderr, use_cpu_devices
 
     if args.devices is not None:
         try:
@@ -32,9 +32,14 @@ def cmd_train(args) -> int:
         console.fail(PROG, "--out DIR (checkpoints, metrics, the exported model and summary.json) is required")
     try:
         config = get_config(args.preset, overrides)
-        summary = train_and_evaluate(config, workdir, args.data, devices=args.devices, progress=not args.quiet)
+        with native_stdout_to_stderr():  # gloo's connection logs (multi-process runs) stay off stdout
+            summary = train_and_evaluate(config, workdir, args.data, devices=args.devices, progress=not args.quiet)
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
         console.fail(PROG, str(err))
+    from qrjax.parallel import process_index
+
+    if process_index() != 0:  # process 0 reports for the run
+        return 0
     if summary["bad_lines"]:
         console.log(PROG, f"skipped {summary['bad_lines']} malformed line(s) of {args.data}; first line numbers: "
                           f"{summary['bad_line_numbers']}")

@@ -23,7 +23,6 @@ the receiver rebuilds vs what the sender had, checked on the sender), their orde
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax

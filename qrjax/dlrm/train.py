@@ -87,8 +87,16 @@ def train_and_evaluate(config: DLRMConfig, workdir: str | Path, data: str | Path
             raise ValueError(f"dlrm: {key}={getattr(config, key)} is not divisible by the {n} devices")
     mesh = parallel.make_mesh((n,), (sharded.AXIS,), devices=all_devices[:n])
     source = open_data(data, config.table_sizes, multi_hot=config.multi_hot, seed=config.seed)
-    check_workdir_config(workdir, config)
-    _check_run(workdir, {"devices": n, "data": str(data)})
+    problem = None
+    if parallel.process_index() == 0:  # one writer of the workdir's records; every process learns the verdict
+        try:
+            check_workdir_config(workdir, config)
+            _check_run(workdir, {"devices": n, "data": str(data)})
+        except ValueError as err:
+            problem = str(err)
+    problem = parallel.broadcast_from_first(problem)
+    if problem:
+        raise ValueError(problem)
 
     stats = None
     if config.compress == "adaptive" and config.table_rule == "stats":
@@ -98,7 +106,18 @@ def train_and_evaluate(config: DLRMConfig, workdir: str | Path, data: str | Path
     placement = sharded.Placement.build(config.table_sizes, n)
     state, shardings = make_state(config, placement, mesh)
 
-    step_fn = sharded.make_train_step(config, placement, mesh, eps_table, code_dtype)
+    train_step = sharded.make_train_step(config, placement, mesh, eps_table, code_dtype)
+    simulated = jax.default_backend() == "cpu"
+
+    def step_fn(state, batch):
+        state, metrics = train_step(state, batch)
+        if simulated:
+            # Simulated CPU devices share one thread pool, and a collective blocks its thread until all 8 devices
+            # arrive: with the next step's program already dispatched, devices that entered it can hold the threads
+            # the others need to finish this one (XLA aborts the run after 40 s). One step in flight at a time.
+            jax.block_until_ready(state)
+        return state, metrics
+
     forward = jax.jit(sharded.make_forward(config, placement, mesh, compress=False))
     eval_set = list(source.eval_batches(config.eval_batch_size, config.eval_samples))
     if not eval_set:
@@ -117,12 +136,16 @@ def train_and_evaluate(config: DLRMConfig, workdir: str | Path, data: str | Path
                 description=f"dlrm {config.name} ({config.compress})", state_sharding=shardings)
     seconds = time.perf_counter() - start
 
-    rows = read_metrics(workdir / "metrics.jsonl")
+    tables = placement.unstack(parallel.to_host(state.params["tables"]))  # (a collective across processes)
+    rows = read_metrics(workdir / "metrics.jsonl") if parallel.process_index() == 0 else []  # process 0 wrote them
     final = [r for r in rows if r.get("split") == "eval" and r["step"] == config.steps]
-    result = final[-1] if final else eval_fn(state, config.steps)
-    summary = _summary(config, rows, placement, code_dtype, eps_table, n, source, result, seconds)
-    tables = placement.unstack(parallel.to_host(state.params["tables"]))
-    variables = {"dense": jax.device_get(state.params["dense"]),
+    if parallel.broadcast_from_first(not final):  # (every process takes part in an evaluation's collectives)
+        final = [eval_fn(state, config.steps)]
+    summary = None
+    if parallel.process_index() == 0:
+        summary = _summary(config, rows, placement, code_dtype, eps_table, n, source, final[-1], seconds)
+    summary = parallel.broadcast_from_first(summary)
+    variables = {"dense": jax.tree.map(parallel.to_host, state.params["dense"]),
                  "tables": {f"t{t:02d}": table for t, table in enumerate(tables)}}
     if parallel.process_index() == 0:
         save_model(workdir / "model", config, variables, meta={"steps": config.steps, "summary": summary})

@@ -91,16 +91,22 @@ def fit(state, step_fn: Callable, batch_fn: Callable[[int], dict], *, steps: int
     if ckpt.latest_step is not None:
         state, _ = ckpt.restore(state)
         start = int(ckpt.latest_step)
+    # every process computes the metrics (their means need the collectives); process 0 alone writes them
+    first = jax.process_index() == 0
     writer = MetricWriter(workdir / "metrics.jsonl")
-    writer.truncate_after(start)
+    if first:
+        writer.truncate_after(start)
     meta = dict(meta or {})
 
     def evaluate(step):
         if eval_fn is not None:
-            writer.write(step, eval_fn(state, step), split="eval")
+            row = eval_fn(state, step)
+            if first:
+                writer.write(step, row, split="eval")
 
     prefetch = _Prefetch(batch_fn, start, steps) if start < steps else None
-    bar = tqdm(total=steps, initial=start, desc=description, disable=not progress or None, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=description, disable=not (progress and first) or None,
+               dynamic_ncols=True)
     pending: list[dict] = []
     try:
         for _ in range(start, steps):
@@ -112,7 +118,8 @@ def fit(state, step_fn: Callable, batch_fn: Callable[[int], dict], *, steps: int
             if done % log_every == 0 or done == steps:
                 means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
                 pending.clear()
-                writer.write(done, means, split="train")
+                if first:
+                    writer.write(done, means, split="train")
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:4]})
             if eval_every and done % eval_every == 0 and done != steps:
                 evaluate(done)

@@ -304,12 +304,16 @@ def _parse_lines(lines: list[bytes], table_sizes: np.ndarray):
     counts = np.where(bad | (ln == 0), b"0", cells[:, 1:1 + NUM_DENSE]).astype(np.int64)
     good &= ~bad.any(-1)
 
-    # categoricals: checked per character, left-padded with "0" to 16 digits, nibbles packed into big-endian uint64
+    # categoricals: checked per character, then each digit shifted into place (digit k of a field of length L
+    # holds bits 4 (L - 1 - k) ...; the fields' bit ranges are disjoint, so the sum is the value). Not
+    # np.strings.zfill: numpy 2.4's zfill of an empty bytes field returns stale memory now and then (seen here).
     c, ln = codes[:, 1 + NUM_DENSE:], lengths[:, 1 + NUM_DENSE:]
-    bad = (_NIBBLE[c] == _NOT_HEX).any(-1) | (ln > _MAX_HEX)
-    padded = np.strings.zfill(np.where(bad, b"", cells[:, 1 + NUM_DENSE:]), _MAX_HEX).astype(f"S{_MAX_HEX}")
-    nib = _NIBBLE[padded.view(np.uint8).reshape(n, NUM_SPARSE, _MAX_HEX)]
-    value = ((nib[..., 0::2] << 4) | nib[..., 1::2]).view(">u8")[..., 0]
+    nib = _NIBBLE[c]
+    bad = (nib == _NOT_HEX).any(-1) | (ln > _MAX_HEX)
+    k = np.arange(_WIDTH)
+    digit = (k < ln[..., None]) & ~bad[..., None]
+    shift = (4 * np.maximum(ln[..., None] - 1 - k, 0)).astype(np.uint64)
+    value = (np.where(digit, nib, 0).astype(np.uint64) << shift).sum(-1, dtype=np.uint64)
     rows = (value % table_sizes.astype(np.uint64)).astype(np.int32)
     good &= ~bad.any(-1)
 

@@ -93,6 +93,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--devices", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eps", default="0.01,0.03,0.05", help="the fixed bounds")
+    ap.add_argument("--runs", default=None,
+                    help="comma-separated subset of the runs' names (default: all; 'uncompressed' always runs)")
     ap.add_argument("--codec-batch", type=int, default=2048)
     ap.add_argument("--codec-rounds", type=int, default=20)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the runs' workdirs here (default: temporary)")
@@ -113,7 +115,14 @@ def main(argv=None) -> dict:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="dlrm_compression_"))
     results, curves = {}, {}
     try:
-        for name, changes in tqdm(runs([float(e) for e in args.eps.split(",")]), desc="dlrm runs"):
+        chosen = runs([float(e) for e in args.eps.split(",")])
+        if args.runs:
+            wanted = {"uncompressed", *(r.strip() for r in args.runs.split(","))}
+            unknown = wanted - {name for name, _ in chosen}
+            if unknown:
+                ap.error(f"--runs: unknown run(s) {sorted(unknown)}; choose from {[n for n, _ in chosen]}")
+            chosen = [(name, c) for name, c in chosen if name in wanted]
+        for name, changes in tqdm(chosen, desc="dlrm runs"):
             config = base.replace(**changes).validate()
             workdir = root / name.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "")
             summary = train_and_evaluate(config, workdir, devices=args.devices, progress=False)
@@ -137,7 +146,7 @@ def main(argv=None) -> dict:
     kaggle = get_config("kaggle")
     codec = codec_throughput(args.codec_batch, args.devices, kaggle.num_tables, kaggle.embedding_dim, 0.03,
                              args.codec_rounds, args.seed)
-    adaptive = results["adaptive (paper tables)"]
+    adaptive = results.get("adaptive (paper tables)") or next(r for k, r in results.items() if k != "uncompressed")
     fixed_cr = 1.0 / adaptive["forward_ratio"]
     entropy_cr = 1.0 / adaptive["forward_entropy_coded_ratio_estimate"]
     model = []

@@ -115,13 +115,14 @@ def test_bmqsim_memory_smoke(tmp_path):
 
 def test_dlrm_compression_smoke(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "dlrm_compression.py"), "--preset", "tiny", "--steps", "2",
-           "--eval-every", "1", "--codec-batch", "64", "--codec-rounds", "1", "--out", str(tmp_path)]
+           "--eval-every", "1", "--codec-batch", "64", "--codec-rounds", "1", "--out", str(tmp_path),
+           "--runs", "adaptive (paper tables),adaptive (stats tables),adaptive + compressed backward"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "dlrm_compression.json").read_text())
-    runs = result["runs"]
-    assert list(runs) == ["uncompressed", "fixed eps=0.01", "fixed eps=0.03", "fixed eps=0.05",
-                          "adaptive (paper tables)", "adaptive (stats tables)", "adaptive + compressed backward"]
+    runs = result["runs"]  # (the fixed-eps runs differ from these only in the bounds' values)
+    assert list(runs) == ["uncompressed", "adaptive (paper tables)", "adaptive (stats tables)",
+                          "adaptive + compressed backward"]
     assert all(r["bound_violations"] == 0 and r["steps"] == 2 for r in runs.values())
     assert runs["uncompressed"]["wire_ratio"] == 1 and runs["uncompressed"]["delta_auc"] == 0
     assert runs["adaptive + compressed backward"]["wire_ratio"] < runs["adaptive (paper tables)"]["wire_ratio"] < 1

@@ -2,7 +2,7 @@
 
 XLA_FLAGS must be set before JAX starts: every test sees 8 simulated CPU devices, so multi-device code runs here and
 is compared with the single-device result. On CPU most XLA optimisations are switched off: the suite is dominated by
-compile time, not run time.
+compile time, not run time (`tests.xla_mode.optimized` turns them back on where run time dominates).
 """
 
 import os

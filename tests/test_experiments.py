@@ -61,16 +61,23 @@ def test_qrmark_robustness_smoke(tmp_path):
 
 
 def test_qrmark_throughput_smoke(tmp_path):
+    from qrjax.watermark.export import save_model
+    from tests.watermark.conftest import tiny_model
+
+    # The script's plumbing on random tiny models, given as model files: the shipped models' refined embedding and
+    # compiles took 20 minutes here (what the shipped models measure is in experiments/results), the tiny ones 40 s.
+    # --no-sync and two distinct images: the cascade itself is tested in tests/watermark (test_pipeline, test_sync,
+    # test_cli).
+    save_model(tiny_model(), tmp_path / "models" / "tiny")
+    save_model(tiny_model(["full_image=true"]), tmp_path / "models" / "tiny-full")
     cmd = [sys.executable, str(ROOT / "experiments" / "qrmark_throughput.py"), "--images", "16", "--unique", "2",
            "--repeats", "1", "--sizes", "256", "--formats", "png", "--batch", "8", "--edited-images", "2",
-           "--edited-size", "128", "--no-sync", "--out", str(tmp_path)]
-    # --no-sync and two distinct images: the synchronised stage's whole-image extractor at every shift and the
-    # refined embedding take minutes under the tests' unoptimised XLA; the cascade itself is tested in
-    # tests/watermark (test_pipeline, test_sync, test_cli)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=SMOKE_ENV)
+           "--edited-size", "128", "--no-sync", "--model", str(tmp_path / "models" / "tiny.json"),
+           "--baseline-model", str(tmp_path / "models" / "tiny-full.json"), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "qrmark_throughput.json").read_text())
-    assert result["sync"] is False
+    assert result["sync"] is False and result["model"].endswith("tiny.json")
     (s,) = result["sets"]
     from qrjax.watermark.benchmark import VARIANTS
 

@@ -138,9 +138,12 @@ def detect_folder(tmp_path_factory):
     from qrjax.watermark import load_pretrained
     from qrjax.watermark.benchmark import make_dataset
 
+    from tests.xla_mode import optimized  # (here, not at the top: the worker processes import this module)
+
     d = tmp_path_factory.mktemp("mp_detect")
-    ds = make_dataset(d, load_pretrained("cpu"), get_code("qrmark-bch"), 6, 256, "png", seed=1, split="val",
-                      marked_fraction=4 / 6, progress=False)
+    with optimized():  # the shipped model's refined embedding: minutes unoptimised
+        ds = make_dataset(d, load_pretrained("cpu"), get_code("qrmark-bch"), 6, 256, "png", seed=1, split="val",
+                          marked_fraction=4 / 6, progress=False)
     (d / "000006.png").write_bytes(b"not a png")
     return d, bits_to_hex(ds["payload"])
 

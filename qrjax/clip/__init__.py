@@ -1,0 +1,11 @@
+"""FastCLIP and DRRho-CLIP: contrastive image-text training with global contrastive losses (FCCO u-estimators,
+temperature rules v0-v3), a communication-light gradient reduction, and reference-model steering.
+
+config (presets) -> tokenizer, data (synthetic captioned scenes, CSV/TSV, webdataset shards) -> model (two-tower
+linen CLIP) -> losses (MBCL, GCL/RGCL/RGCL-g, DRRho) -> sharded (shard_map reductions) -> train
+(train_and_evaluate) -> evaluate (zero-shot, retrieval).
+"""
+
+from qrjax.clip.config import CLIPConfig, get_config
+
+__all__ = ["CLIPConfig", "get_config"]

@@ -1,0 +1,120 @@
+"""Data-parallel CLIP training steps with `shard_map`: FastCLIP's and OpenCLIP's gradient reductions.
+
+Each device embeds its b pairs of the global batch of B = K b. Then
+- "fastclip": the features are all-gathered *without* gradient, together with the anchors' new u (and, for v2,
+  their temperatures) and sample ids; each device differentiates two blocks of the contrastive matrix (its b
+  anchors x all B candidates, and all B anchors x its b candidates), so the backward pass moves nothing but the
+  parameter gradients' all-reduce;
+- "openclip": the features are all-gathered *with* gradient and each device differentiates its b anchors' rows
+  only (OpenCLIP's --local-loss --gather-with-grad): the backward pass adds a reduce-scatter of the features'
+  gradients to the parameter all-reduce.
+Both give the gradient of the same global-batch surrogate (`qrjax.clip.losses.contrastive_terms`).
+
+The shard_map runs with check_vma=False: the per-sample tables come back identical on every device (every device
+writes every anchor's gathered values), which replication checking cannot infer from an all-gather, and the
+parameter gradients are all-reduced explicitly (psum), as DDP does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from qrjax.clip import losses
+from qrjax.clip.config import CLIPConfig
+from qrjax.train.state import TrainState
+
+AXIS = "data"
+
+
+class CLIPState(TrainState):
+    """The shared TrainState plus the loss's state: per-sample `tables` (u, v2's temperatures) and the global
+    temperature `temp` (theta = log(1/tau) and its Adam moments)."""
+
+    tables: dict = flax.struct.field(default_factory=dict)
+    temp: dict = flax.struct.field(default_factory=dict)
+
+
+def make_grads(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | None = None,
+               ref_encode: Callable | None = None):
+    """grads(params, tables, temp, batch, gamma, epoch, lr_tau, ref_params=None) -> (grads, aux).
+
+    encode(params, images, tokens) -> (e1, e2) normalised features. batch: "image" uint8[B, S, S, 3],
+    "text" int32[B, L], "index" int32[B] (sample ids), and for drrho either "ref1", "ref2" float[B, d_ref] (cached
+    reference features) or ref_encode(ref_params, images, tokens) computing them on the fly. grads are summed over
+    devices (the parameter all-reduce); aux: "loss" and "tau_grad" summed over devices, "tables" (replicated),
+    "anchor_weight1/2" float[B] (sharded like the batch)."""
+    reduction = reduction or config.reduction
+
+    def local(params, tables, temp, batch, gamma, epoch, lr_tau, ref_params):
+        ref1, ref2 = batch.get("ref1"), batch.get("ref2")
+        if config.loss == "drrho" and ref1 is None:
+            if ref_encode is None:
+                raise ValueError("drrho needs reference features: cached ('ref1', 'ref2' in the batch) or a "
+                                 "reference model")
+            ref1, ref2 = ref_encode(ref_params, batch["image"], batch["text"])
+            ref1, ref2 = lax.stop_gradient(ref1), lax.stop_gradient(ref2)
+
+        def surrogate(params):
+            e1, e2 = encode(params, batch["image"], batch["text"])
+            return losses.contrastive_terms(config, e1, e2, batch["index"], tables, temp, gamma, epoch=epoch,
+                                            lr_tau=lr_tau, axis=AXIS, reduction=reduction, ref1=ref1, ref2=ref2)
+
+        (_, aux), grads = jax.value_and_grad(surrogate, has_aux=True)(params)
+        grads = lax.psum(grads, AXIS)
+        aux["loss"] = lax.psum(aux["loss"], AXIS)
+        aux["tau_grad"] = lax.psum(aux["tau_grad"], AXIS)
+        return grads, aux
+
+    def grads(params, tables, temp, batch, gamma, epoch, lr_tau, ref_params=None):
+        batch_specs = {k: P(AXIS) for k in batch}
+        aux_specs = {"loss": P(), "tau_grad": P(), "tables": P(), "anchor_weight1": P(AXIS),
+                     "anchor_weight2": P(AXIS)}
+        fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch_specs, P(), P(), P(), P()),
+                           out_specs=(P(), aux_specs), check_vma=False)
+        return fn(params, tables, temp, batch, gamma, epoch, lr_tau, ref_params)
+
+    return grads
+
+
+def make_train_step(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | None = None,
+                    ref_encode: Callable | None = None, ref_params=None):
+    """A jitted step(state: CLIPState, batch) -> (state, metrics): the reduction's gradients, AdamW on the model,
+    the temperature rule, the tables' update. metrics: loss (the batch estimate of the objective), tau (the global
+    temperature used, or v2's mean), gamma, and with a "noisy" bool[B] in the batch, the share of anchor weight on
+    noisy pairs (DRRho's down-weighting)."""
+    grads_fn = make_grads(config, encode, mesh, reduction=reduction, ref_encode=ref_encode)
+    spe = config.steps_per_epoch
+
+    def step_impl(state: CLIPState, batch: dict, ref_params):
+        noisy = batch.pop("noisy", None)
+        epoch = state.step // spe
+        gamma = losses.gamma_at(config, epoch)
+        lr_tau = losses.tau_learning_rate(config, state.step)
+        grads, aux = grads_fn(state.params, state.tables, state.temp, batch, gamma, epoch, lr_tau, ref_params)
+        tau = losses.tau_of(state.temp)
+        temp = losses.update_temperature(config, state.temp, -tau * aux["tau_grad"], state.step)
+        new = state.apply_gradients(grads).replace(tables=aux["tables"], temp=temp)
+        metrics = {"loss": aux["loss"], "tau": tau, "gamma": gamma}
+        if config.loss == "fastclip-v2":
+            metrics["tau"] = 0.5 * (jnp.mean(state.tables["tau1"]) + jnp.mean(state.tables["tau2"]))
+        if noisy is not None:
+            weight = aux["anchor_weight1"] + aux["anchor_weight2"]
+            metrics["noisy_weight_share"] = jnp.sum(jnp.where(noisy, weight, 0.0)) / jnp.sum(weight)
+            metrics["noisy_fraction"] = jnp.mean(noisy.astype(jnp.float32))
+        return new, metrics
+
+    jitted = jax.jit(step_impl)
+
+    def step(state: CLIPState, batch: dict):
+        return jitted(state, batch, ref_params)  # the reference's weights are an argument, not baked-in constants
+
+    return step
+
+
+__all__ = ["AXIS", "CLIPState", "make_grads", "make_train_step"]

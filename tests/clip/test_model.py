@@ -79,8 +79,9 @@ def test_text_features_are_the_projected_state_at_the_eot_token(tiny):
 def test_patch_embedding_is_a_matmul_over_normalised_patches(tiny):
     params, _, _ = tiny
     images = random_images(2, seed=1)
+    capture = lambda mdl, _: mdl.name == "patch_embed"  # noqa: E731
     _, state = jax.jit(lambda p: CLIP(TINY).apply({"params": p}, images, method="encode_image",
-                                                  capture_intermediates=lambda mdl, _: mdl.name == "patch_embed"))(params)
+                                                  capture_intermediates=capture))(params)
     got = np.asarray(state["intermediates"]["visual"]["patch_embed"]["__call__"][0])  # [B, S/p, S/p, w]
     p, s, w = TINY.patch_size, TINY.image_size, TINY.image_width
     x = (images / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)

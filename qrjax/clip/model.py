@@ -30,8 +30,8 @@ from qrjax.clip.config import CLIPConfig
 # OpenAI CLIP's RGB statistics (its preprocessing, kept by OpenCLIP and FastCLIP)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# the tokenizer's end-of-text id (qrjax.clip.tokenizer.EOT); the model does not import the tokenizer, so it is
-# restated here and checked against it by the tokenizer's tests
+# the tokenizer's end-of-text id (qrjax.clip.tokenizer's EOT): restated so that the model does not depend on the
+# tokenizer; a test should assert the two agree
 EOT_TOKEN = 2
 LN_EPS = 1e-5  # PyTorch's LayerNorm default, as in CLIP
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -183,6 +185,31 @@ def program_flops(compiled) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float((cost or {}).get("flops", 0.0))
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_COLLECTIVE_RE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_SHAPE_RE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+
+
+def collective_bytes(compiled) -> dict[str, int]:
+    """Bytes each kind of collective carries in a compiled program (`jax.jit(f).lower(...).compile()`), read from
+    its HLO: {"all-gather": ..., "all-reduce": ..., ...}, each the sum of the ops' result buffers per device (an
+    all-gather's gathered buffer, an all-reduce's reduced one, a reduce-scatter's scattered share). For the bytes a
+    ring moves per device over K devices: all-gather (K-1)/K x, all-reduce 2 (K-1)/K x, reduce-scatter (K-1) x."""
+    out: dict[str, int] = {}
+    for line in compiled.as_text().splitlines():
+        m = _COLLECTIVE_RE.search(line)
+        if not m:
+            continue
+        shapes = _SHAPE_RE.findall(m.group(1))
+        if m.group(3) and m.group(2) == "all-gather" and len(shapes) > 1:
+            shapes = shapes[len(shapes) // 2:]  # an async all-gather's result tuple is (operands, results)
+        size = sum(_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in shapes)
+        out[m.group(2)] = out.get(m.group(2), 0) + size
+    return out
 
 
 def write_results(out_dir: str | Path, name: str, payload: dict, markdown: str) -> tuple[Path, Path]:

@@ -23,16 +23,18 @@ def _decay_mask(params):
 
 @functools.lru_cache(maxsize=64)
 def make_optimizer(name: str, learning_rate: float, steps: int, warmup_steps: int, *, end_learning_rate: float = 0.0,
-                   weight_decay: float = 0.0, grad_clip: float | None = 1.0) -> optax.GradientTransformation:
-    """name: 'adamw', 'lamb' or 'sgd' (DLRM's optimiser; no weight decay).
+                   weight_decay: float = 0.0, grad_clip: float | None = 1.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+    """name: 'adamw', 'lamb' or 'sgd' (DLRM's optimiser; no weight decay); b1, b2, eps: Adam's (CLIP's ViTs use
+    b2 0.98, eps 1e-6).
 
     The same arguments return the same (immutable) transformation: it is static metadata of the TrainState, so a new
     but equal one would make every jitted train step compile again."""
     schedule = make_schedule(learning_rate, steps, warmup_steps, end_learning_rate)
     if name == "adamw":
-        opt = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
+        opt = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask)
     elif name == "lamb":
-        opt = optax.lamb(schedule, weight_decay=weight_decay, mask=_decay_mask)
+        opt = optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask)
     elif name == "sgd":
         if weight_decay:
             raise ValueError(f"make_optimizer: sgd takes no weight decay, got weight_decay={weight_decay}")

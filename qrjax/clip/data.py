@@ -192,6 +192,8 @@ def render_scenes(attributes: np.ndarray, image_size: int, keys: Sequence) -> np
     background is dark: a tinted base, a low-frequency wave and mild noise."""
     s, big = int(image_size), int(image_size) * _SUPERSAMPLE
     n = len(attributes)
+    if n == 0:
+        return np.zeros((0, s, s, 3), np.uint8)
     u = np.empty((n, 17))  # every per-sample scalar, drawn first from the sample's generator
     noise = np.empty((n, s, s, 3), np.float32)
     # All masks on one tall canvas and one box filter: the 4x4 blocks never straddle two pictures (per-picture
@@ -207,8 +209,10 @@ def render_scenes(attributes: np.ndarray, image_size: int, keys: Sequence) -> np
         lo, hi, across_lo, across_hi = (y0, y1, x0, x1) if _VERTICAL[position] else (x0, x1, y0, y1)
         slot = (hi - lo) / count
         d = (min(slot, across_hi - across_lo) - 2 * _GAP) * (0.7 + 0.25 * r[0])
+        # a lone shape stays near the region's centre: a "middle" one must not drift half way to the edge
+        along_jitter = min(0.3 * (slot - 2 * _GAP - d), 0.12)
         for k in range(count):
-            along = lo + slot * (k + 0.5) + 0.6 * (2 * r[1 + 2 * k] - 1) * (slot - 2 * _GAP - d) / 2
+            along = lo + slot * (k + 0.5) + (2 * r[1 + 2 * k] - 1) * along_jitter
             across = (across_lo + across_hi) / 2 + (2 * r[2 + 2 * k] - 1) * (across_hi - across_lo - 2 * _GAP - d) / 2
             x, y = (across, along) if _VERTICAL[position] else (along, across)
             _draw_shape(draw, shape, x * big, (b + y) * big, d * big)

@@ -223,8 +223,9 @@ def render_scenes(attributes: np.ndarray, image_size: int, keys: Sequence) -> np
     phase, amplitude = 2 * np.pi * u[:, 14], 4 + 6 * u[:, 15]
     shade = 0.85 + 0.15 * u[:, 16]
     grid = (np.arange(s, dtype=np.float32) + 0.5) / s
-    wave = np.sin(2 * np.pi * (freq[:, 0, None, None] * grid[None, None, :] + freq[:, 1, None, None] * grid[None, :, None])
-                  + phase[:, None, None]) * amplitude[:, None, None]
+    along_x = freq[:, 0, None, None] * grid[None, None, :]
+    along_y = freq[:, 1, None, None] * grid[None, :, None]
+    wave = np.sin(2 * np.pi * (along_x + along_y) + phase[:, None, None]) * amplitude[:, None, None]
     bg = base[:, None, None, :] + wave[..., None]
     fg = (COLOUR_RGB[attributes["colour"].astype(np.int64)] * shade[:, None])[:, None, None, :]
     out = bg + (fg - bg) * alpha
@@ -442,6 +443,28 @@ class CSVPairs:
         self.path, self.image_size = Path(path), int(image_size)
         if not self.path.is_file():
             raise FileNotFoundError(f"CSV file {str(path)!r}: no such file")
+        try:
+            rows, bad = self._read_rows(path, img_key, caption_key, separator)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"CSV file {str(path)!r}: not UTF-8 text ({err})") from None
+        except csv.Error as err:
+            raise ValueError(f"CSV file {str(path)!r}: malformed CSV ({err})") from None
+        paths = [self._resolve(image) for _, image, _ in rows]
+        problems = _problems(paths, lambda p: p, self.path.name)
+        self._paths, self._captions = [], []
+        for (line, image, caption), p, problem in zip(rows, paths, problems):
+            if problem is None:
+                self._paths.append(p)
+                self._captions.append(caption)
+            else:
+                bad.add(f"{image} (line {line}): {problem}")
+        self.size, self.bad_samples, self.bad_names = len(self._paths), bad.count, bad.names
+        if not self.size:
+            raise _none_usable(f"CSV file {str(path)!r}", bad.count, bad)
+
+    def _read_rows(self, path: str | Path, img_key: str, caption_key: str,
+                   separator: str | None) -> tuple[list, _BadLog]:
+        """(line, image as written, caption) of the rows with both, and the log of the others."""
         with open(self.path, newline="", encoding="utf-8-sig") as f:
             if separator is None:
                 if self.path.suffix.lower() == ".tsv":
@@ -475,18 +498,7 @@ class CSVPairs:
                     bad.add(f"{image} (line {reader.line_num}): empty caption")
                 else:
                     rows.append((reader.line_num, image, caption))
-        paths = [self._resolve(image) for _, image, _ in rows]
-        problems = _problems(paths, lambda p: p, self.path.name)
-        self._paths, self._captions = [], []
-        for (line, image, caption), p, problem in zip(rows, paths, problems):
-            if problem is None:
-                self._paths.append(p)
-                self._captions.append(caption)
-            else:
-                bad.add(f"{image} (line {line}): {problem}")
-        self.size, self.bad_samples, self.bad_names = len(self._paths), bad.count, bad.names
-        if not self.size:
-            raise _none_usable(f"CSV file {str(path)!r}", bad.count, bad)
+        return rows, bad
 
     def _resolve(self, image: str) -> Path:
         p = Path(image).expanduser()
@@ -620,7 +632,8 @@ class WebDatasetPairs:
 
 # ---------------------------------------------------------------------------------------------------------------
 
-_ACCEPTED = "'synthetic', a .csv/.tsv file (or a tab-separated .txt), a webdataset .tar shard or a folder of .tar shards"
+_ACCEPTED = ("'synthetic', a .csv/.tsv file (or a tab-separated .txt), a webdataset .tar shard or a folder of .tar "
+             "shards")
 
 
 def open_pairs(data: str | Path, image_size: int, *, num_samples: int = 16384, noise: float = 0.0, seed: int = 0,

@@ -104,10 +104,12 @@ PLURALS = ("circles", "squares", "triangles", "crosses")
 POSITIONS = ("left", "right", "top", "bottom", "middle")
 WHERE = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
 COUNTS = ("one", "two", "three")  # count c is written COUNTS[c - 1]; a single shape takes "a"/"an" instead
-# One pair per colour, every shape held out at least once; every colour still meets three shapes in training and
-# every shape four colours, so both words are learnt, only never together.
-HELD_OUT = (("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "cross"),
-            ("purple", "circle"), ("orange", "square"))
+# Eight pairs, each shape held out twice and three colours twice, so that neither the colour nor the shape alone
+# names a zero-shot class (red circle vs red cross vs blue circle): the classes need both words, composed. Every
+# colour still meets at least two shapes in training and every shape four colours, so both words are learnt, only
+# never together.
+HELD_OUT = (("red", "circle"), ("red", "cross"), ("green", "square"), ("green", "triangle"), ("blue", "triangle"),
+            ("blue", "circle"), ("yellow", "cross"), ("orange", "square"))
 TEMPLATES = (
     "a photo of {obj} {where}.",
     "{obj} {where} of the picture.",
@@ -347,7 +349,7 @@ def zero_shot_set(image_size: int, per_class: int, seed: int = 0) -> tuple[np.nd
 
 def retrieval_set(image_size: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """(images uint8[N, S, S, 3], captions): one scene per distinct (count, colour, shape, position) over the
-    training colour-shape pairs (N = 3 x 18 x 5 = 270), each captioned with TEMPLATES[0]: every caption is unique,
+    training colour-shape pairs (N = 3 x 16 x 5 = 240), each captioned with TEMPLATES[0]: every caption is unique,
     so image i <-> caption i is the only right match. Rendered apart from the training scenes."""
     rows = [(n, c, s, p) for n in (1, 2, 3) for c, s in TRAIN_PAIRS for p in range(len(POSITIONS))]
     attributes = np.array(rows, ATTRIBUTES)

@@ -7,6 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qrjax.clip import cli as clip_cli
     from qrjax.diffusion import cli as diffusion_cli
     from qrjax.dlrm import cli as dlrm_cli
     from qrjax.ecc import cli as ecc_cli
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantum_cli.register(systems)
     diffusion_cli.register(systems)
     dlrm_cli.register(systems)
+    clip_cli.register(systems)
     watermark_cli.register_demo(systems.add_parser("demo", help="the main job: QRMark detection demo (make demo)"))
     return parser
 

@@ -65,6 +65,23 @@ def shard_batch(x, mesh: Mesh, axis: str = "data"):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def one_step_in_flight(step_fn):
+    """step_fn wrapped to wait for each step's state on the CPU backend (elsewhere step_fn itself).
+
+    Simulated CPU devices share one thread pool, and a collective blocks its thread until every device arrives: with
+    the next step's program already dispatched, devices that entered it can hold the threads the others need to
+    finish this one (XLA aborts the run after 40 s). Training steps with collectives keep one step in flight."""
+    if jax.default_backend() != "cpu":
+        return step_fn
+
+    def step(state, batch):
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready(state)
+        return state, metrics
+
+    return step
+
+
 def to_host(x) -> np.ndarray:
     """A (possibly multi-process) jax.Array -> the whole array as numpy on every process (a collective when the
     array spans processes: every process must call it)."""

@@ -139,12 +139,28 @@ PRESETS = {
 }
 
 
+# The papers' recipes that come with a loss: DRRho-CLIP trains at a constant tau = 0.01 with gamma = 1 and
+# eps = 1e-4 (its README); `get_config` applies them between the preset and the user's overrides.
+LOSS_RECIPES = {"drrho": {"temperature": 0.01, "eps": 1e-4, "gamma_rule": "constant", "gamma_min": 1.0}}
+
+
 def get_config(preset: str = "cpu", overrides=None) -> CLIPConfig:
-    return from_preset(PRESETS, preset, overrides, system="clip").validate()
+    """The preset, then the recipe of the loss the overrides (or the preset) name, then the overrides."""
+    config = from_preset(PRESETS, preset, overrides, system="clip")
+    recipe = {k: v for k, v in LOSS_RECIPES.get(config.loss, {}).items() if not _overridden(overrides, k)}
+    return dataclasses.replace(config, **recipe).validate() if recipe else config.validate()
+
+
+def _overridden(overrides, key: str) -> bool:
+    if not overrides:
+        return False
+    if isinstance(overrides, dict):
+        return key in overrides
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
 def replace(config: CLIPConfig, **changes) -> CLIPConfig:
     return dataclasses.replace(config, **changes).validate()
 
 
-__all__ = ["CLIPConfig", "GAMMA_RULES", "LOSSES", "PRESETS", "REDUCTIONS", "get_config", "replace"]
+__all__ = ["CLIPConfig", "GAMMA_RULES", "LOSSES", "LOSS_RECIPES", "PRESETS", "REDUCTIONS", "get_config", "replace"]

@@ -13,7 +13,7 @@ scores 0 at recall@1 instead of 1, and a result never depends on the order of th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import numpy as np
@@ -164,5 +164,58 @@ def evaluate_model(model: "ClipModel", images_zs: np.ndarray | None, labels_zs: 
     return out
 
 
-__all__ = ["embed", "evaluate_model", "prompts", "ranks", "retrieval_metrics", "zero_shot_accuracy",
-           "zero_shot_classifier", "zero_shot_top1"]
+class EvalSets(NamedTuple):
+    """What a data set is scored on. Synthetic: the zero-shot set (the held-out colour-shape pairs), the retrieval set
+    (one image per distinct training caption) and hard negatives (a caption changed in one attribute); a user's data
+    set: retrieval over its first pairs (it has no classes)."""
+
+    zs_images: np.ndarray | None
+    zs_labels: np.ndarray | None
+    class_names: list[str]
+    templates: tuple[str, ...]
+    ret_images: np.ndarray | None
+    ret_captions: list[str] | None
+    hn_images: np.ndarray | None = None
+    hn_captions: list[str] | None = None
+    hn_negatives: list[str] | None = None
+
+
+def eval_sets(data, image_size: int, *, seed: int = 0, per_class: int = 50, max_pairs: int = 1000,
+              hard_negatives: int = 512, **open_kwargs) -> EvalSets:
+    """The evaluation sets of `data` ("synthetic", or a CSV/TSV file or webdataset shards as qrjax.clip.data reads
+    them, or an opened pair source), at image_size."""
+    from qrjax.clip import data as cdata
+
+    if str(data) == "synthetic":
+        images, labels, names = cdata.zero_shot_set(image_size, per_class, seed=seed)
+        ret_images, ret_captions = cdata.retrieval_set(image_size, seed=seed)
+        val = cdata.SyntheticScenes(hard_negatives, image_size, seed=seed, split="val")
+        idx = np.arange(hard_negatives)
+        return EvalSets(images, labels, names, cdata.PROMPT_TEMPLATES, ret_images, ret_captions, val.images(idx),
+                        val.clean_captions(idx), val.hard_negatives(idx))
+    source = data if hasattr(data, "images") else cdata.open_pairs(data, image_size, **open_kwargs)
+    idx = np.arange(min(max_pairs, source.size))
+    return EvalSets(None, None, [], (), source.images(idx), source.captions(idx))
+
+
+def hard_negative_accuracy(image_features: np.ndarray, caption_features: np.ndarray,
+                           negative_features: np.ndarray) -> float:
+    """The fraction of images whose own caption scores strictly above its hard negative (one attribute changed)."""
+    own = np.sum(np.asarray(image_features, np.float64) * caption_features, axis=-1)
+    other = np.sum(np.asarray(image_features, np.float64) * negative_features, axis=-1)
+    return float(np.mean(own > other))
+
+
+def evaluate_sets(model: "ClipModel", sets: EvalSets, batch_size: int = 256) -> dict[str, float]:
+    """evaluate_model on the sets, plus hard_negative_accuracy where the sets have hard negatives."""
+    out = evaluate_model(model, sets.zs_images, sets.zs_labels, sets.class_names, sets.templates, sets.ret_images,
+                         sets.ret_captions, batch_size)
+    if sets.hn_images is not None:
+        out["hard_negative_accuracy"] = hard_negative_accuracy(
+            model.encode_images(sets.hn_images, batch_size), model.encode_texts(sets.hn_captions, batch_size),
+            model.encode_texts(sets.hn_negatives, batch_size))
+    return out
+
+
+__all__ = ["EvalSets", "embed", "eval_sets", "evaluate_model", "evaluate_sets", "hard_negative_accuracy", "prompts",
+           "ranks", "retrieval_metrics", "zero_shot_accuracy", "zero_shot_classifier", "zero_shot_top1"]

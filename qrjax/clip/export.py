@@ -24,11 +24,20 @@ from qrjax.train import export
 PRETRAINED = ("cpu",)
 
 
-@functools.cache
+ARCH_FIELDS = ("name", "image_size", "context_length", "vocab_size", "patch_size", "image_width", "image_depth",
+               "image_heads", "text_width", "text_depth", "text_heads", "mlp_ratio", "embed_dim")
+
+
 def encoders(config: CLIPConfig) -> tuple:
     """(image_fn, text_fn): jitted `fn(params, images uint8[B, S, S, 3]) -> [B, d]` and `fn(params, tokens
-    int32[B, L]) -> [B, d]`, unit-norm features; one pair per config, so every model of a config shares its compiles."""
-    model = CLIP(config)
+    int32[B, L]) -> [B, d]`, unit-norm features. One pair per architecture (the towers' fields of the config), so
+    every model of an architecture shares its compiles, whatever it was trained with."""
+    return _encoders(tuple((f, getattr(config, f)) for f in ARCH_FIELDS))
+
+
+@functools.cache
+def _encoders(arch: tuple) -> tuple:
+    model = CLIP(CLIPConfig(**dict(arch)))
     image_fn = jax.jit(lambda params, images: model.apply({"params": params}, images, method="encode_image"))
     text_fn = jax.jit(lambda params, tokens: model.apply({"params": params}, tokens, method="encode_text"))
     return image_fn, text_fn
@@ -109,5 +118,5 @@ def resolve_model(spec: str | Path) -> ClipModel:
     return export.resolve_model(spec, PRETRAINED, load_pretrained, load_model)
 
 
-__all__ = ["PRETRAINED", "ClipModel", "encoders", "load_model", "load_pretrained", "resolve_model", "save_model",
+__all__ = ["ARCH_FIELDS", "PRETRAINED", "ClipModel", "encoders", "load_model", "load_pretrained", "resolve_model", "save_model",
            "variables_template"]

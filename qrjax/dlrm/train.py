@@ -107,16 +107,7 @@ def train_and_evaluate(config: DLRMConfig, workdir: str | Path, data: str | Path
     state, shardings = make_state(config, placement, mesh)
 
     train_step = sharded.make_train_step(config, placement, mesh, eps_table, code_dtype)
-    simulated = jax.default_backend() == "cpu"
-
-    def step_fn(state, batch):
-        state, metrics = train_step(state, batch)
-        if simulated:
-            # Simulated CPU devices share one thread pool, and a collective blocks its thread until all 8 devices
-            # arrive: with the next step's program already dispatched, devices that entered it can hold the threads
-            # the others need to finish this one (XLA aborts the run after 40 s). One step in flight at a time.
-            jax.block_until_ready(state)
-        return state, metrics
+    step_fn = parallel.one_step_in_flight(train_step)
 
     forward = jax.jit(sharded.make_forward(config, placement, mesh, compress=False))
     eval_set = list(source.eval_batches(config.eval_batch_size, config.eval_samples))

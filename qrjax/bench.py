@@ -190,7 +190,7 @@ def program_flops(compiled) -> float:
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
                 "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_COLLECTIVE_RE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_COLLECTIVE_RE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 _SHAPE_RE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
 
 
@@ -202,13 +202,14 @@ def collective_bytes(compiled) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in compiled.as_text().splitlines():
         m = _COLLECTIVE_RE.search(line)
-        if not m:
+        if not m or "=" not in line[:m.start()]:
             continue
-        shapes = _SHAPE_RE.findall(m.group(1))
-        if m.group(3) and m.group(2) == "all-gather" and len(shapes) > 1:
+        # `%name = <result shape, a tuple for several operands> op(...)`
+        shapes = _SHAPE_RE.findall(line[line.index("=") + 1:m.start()])
+        if m.group(2) and m.group(1) == "all-gather" and len(shapes) > 1:
             shapes = shapes[len(shapes) // 2:]  # an async all-gather's result tuple is (operands, results)
         size = sum(_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in shapes)
-        out[m.group(2)] = out.get(m.group(2), 0) + size
+        out[m.group(1)] = out.get(m.group(1), 0) + size
     return out
 
 

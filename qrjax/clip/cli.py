@@ -43,8 +43,9 @@ def cmd_train(args) -> int:
     try:
         config = get_config(args.preset, overrides)
         ref = resolve_model(args.ref) if args.ref else None
-        if ref is not None and config.loss != "drrho":
-            console.log(TRAIN, f"--ref {args.ref} is used by the drrho loss only; --loss {config.loss} ignores it")
+        if ref is not None and config.loss != "drrho" and not config.jest_keep:
+            console.log(TRAIN, f"--ref {args.ref} is used by the drrho loss and JEST selection (--set jest_keep=F) "
+                               f"only; this run ignores it")
         with native_stdout_to_stderr():  # gloo's connection logs (multi-process runs) stay off stdout
             summary = train_and_evaluate(config, args.workdir, args.data, devices=args.devices, ref=ref,
                                          ref_name=str(args.ref) if args.ref else None, ref_mode=args.ref_mode,
@@ -105,7 +106,8 @@ def register(systems) -> None:
     p = sub.add_parser("train", help="train a CLIP (resumes from --workdir); exports --workdir/model.{json,msgpack}")
     p.add_argument("--loss", default=None, choices=LOSSES, help="default: the preset's (fastclip-v3)")
     p.add_argument("--ref", default=None, metavar="MODEL",
-                   help="the reference model of --loss drrho: a shipped name (cpu) or a model file")
+                   help="the reference model of --loss drrho or of JEST selection (--set jest_keep=0.2): a "
+                        "shipped name (cpu) or a model file")
     p.add_argument("--ref-mode", default="cache", choices=REF_MODES,
                    help="reference features computed once for all samples (cache) or in every step (online)")
     p.add_argument("--reduction", default=None, choices=REDUCTIONS,

@@ -9,7 +9,10 @@ Losses (`loss`, see `qrjax.clip.losses`):
 - "fastclip-v1": GCL at a constant temperature;
 - "fastclip-v2": the robust GCL (RGCL) with per-sample temperatures and their Adam-like rule;
 - "fastclip-v3": RGCL-g, a learnable global temperature through the KL-DRO dual with `rho` (FastCLIP's headline);
-- "drrho": DRRho-CLIP, GCL on the excess over a frozen reference model (`ref_model`), constant temperature.
+- "drrho": DRRho-CLIP, GCL on the excess over a frozen reference model, constant temperature.
+Data selection (`jest_keep` > 0): the JEST-style baseline of DRRho-CLIP's paper: each step scores a super-batch of
+batch_size / jest_keep pairs by learnability (the learner's contrastive loss minus the reference's) and trains on the
+top batch_size.
 Reductions (`reduction`): "fastclip" (features all-gathered without gradient, two blocks, only the parameter
 all-reduce in backward) or "openclip" (features all-gathered with gradient).
 """
@@ -64,7 +67,7 @@ class CLIPConfig:
     v2_beta2: float = 0.999
     v2_eps: float = 1e-8
     v2_grad_clip: float = 5.0
-    ref_model: str = ""  # drrho: a CLIP model file (stem), or "" when reference features are passed in
+    jest_keep: float = 0.0  # JEST-style selection: the fraction of a super-batch trained on (0: off)
     # Optimisation (AdamW, linear warm-up then cosine; no weight decay on gains, biases and the temperature).
     batch_size: int = 128
     steps: int = 3000
@@ -117,6 +120,10 @@ class CLIPConfig:
             problems.append(f"batch_size {self.batch_size}: a contrastive batch needs at least 2 pairs")
         if self.num_samples < self.batch_size:
             problems.append(f"num_samples {self.num_samples} is smaller than batch_size {self.batch_size}")
+        if not 0 <= self.jest_keep <= 1 or (self.jest_keep and round(self.batch_size / self.jest_keep)
+                                                          > self.num_samples):
+            problems.append(f"jest_keep {self.jest_keep}: a fraction in (0, 1] whose super-batch batch_size / "
+                            f"jest_keep fits in num_samples {self.num_samples} (0: no selection)")
         if self.context_length < 3:
             problems.append(f"context_length {self.context_length}: needs room for start, a word and end tokens")
         if problems:

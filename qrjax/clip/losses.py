@@ -31,7 +31,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from qrjax.clip.config import CLIPConfig
@@ -67,16 +66,6 @@ def gamma_at(config: CLIPConfig, epoch):
     return jnp.where(epoch == 0, 1.0, gamma)
 
 
-def tau_learning_rate(config: CLIPConfig, step):
-    """The global temperature's learning rate at `step`: the model's warm-up + cosine schedule, scaled to lr_tau
-    when lr_tau is set (FastCLIP's own parameter group)."""
-    from qrjax.train.optim import make_schedule
-
-    schedule = make_schedule(config.learning_rate, config.steps, config.warmup_steps, config.end_learning_rate)
-    lr = schedule(step)
-    return lr * (config.lr_tau / config.learning_rate) if config.lr_tau else lr
-
-
 # ------------------------------------------------------------------------------------------------ state
 
 
@@ -102,17 +91,17 @@ def tau_of(temp: dict):
     return jnp.exp(-temp["theta"])
 
 
-def update_temperature(config: CLIPConfig, temp: dict, theta_grad, step) -> dict:
-    """One Adam step on theta = log(1/tau) (weight decay 0, betas (0.9, config.beta2), eps config.adam_eps), then
-    the clamp theta in [log(1/tau_max), log(1/tau_min)]; lr_tau x 1/3 from the first step tau <= tau_step_thresh
-    on (FastCLIP's step_thresh). Frozen for the constant-temperature losses."""
+def update_temperature(config: CLIPConfig, temp: dict, theta_grad, step, lr) -> dict:
+    """One Adam step (the step-th, 0-based) on theta = log(1/tau) at learning rate lr (weight decay 0, betas (0.9,
+    config.beta2), eps config.adam_eps), then the clamp theta in [log(1/tau_max), log(1/tau_min)]; lr x 1/3 from
+    the first step tau <= tau_step_thresh on (FastCLIP's step_thresh). Frozen for the constant-temperature losses."""
     if config.loss not in LEARNABLE_GLOBAL_TAU:
         return temp
     b1, b2 = 0.9, config.beta2
     t = jnp.asarray(step).astype(temp["theta"].dtype) + 1
     m = b1 * temp["m"] + (1 - b1) * theta_grad
     v = b2 * temp["v"] + (1 - b2) * theta_grad ** 2
-    lr = tau_learning_rate(config, step) * jnp.where(temp["dropped"], 1 / 3, 1.0)
+    lr = lr * jnp.where(temp["dropped"], 1 / 3, 1.0)
     theta = temp["theta"] - lr * (m / (1 - b1 ** t)) / (jnp.sqrt(v / (1 - b2 ** t)) + config.adam_eps)
     theta = jnp.clip(theta, -math.log(config.tau_max), -math.log(config.tau_min))
     dropped = temp["dropped"] | (config.tau_step_thresh > 0) & (jnp.exp(-theta) <= config.tau_step_thresh)
@@ -340,6 +329,14 @@ def mbcl_loss(e1, e2, tau):
     return 0.5 * (ce(logits) + ce(logits.T))
 
 
-__all__ = ["GCL_LOSSES", "LEARNABLE_GLOBAL_TAU", "contrastive_terms", "drrho_gamma_min", "gamma_at", "gcl_objective",
-           "init_tables", "init_temperature", "log_g", "mbcl_loss", "moving_average_log", "similarity_deltas",
-           "tau_learning_rate", "tau_of", "update_temperature", "update_v2_tau"]
+def pair_losses(e1, e2, tau):
+    """Each pair's own contrastive loss within the set given (OpenCLIP's two cross-entropies, averaged): float[n].
+    JEST-style selection scores pairs by the learner's minus the reference's."""
+    logits = e1 @ e2.T / tau
+    diag = jnp.diagonal(logits)
+    return 0.5 * ((jax.nn.logsumexp(logits, axis=1) - diag) + (jax.nn.logsumexp(logits, axis=0) - diag))
+
+
+__all__ = ["GCL_LOSSES", "LEARNABLE_GLOBAL_TAU", "contrastive_terms", "drrho_gamma_min", "gamma_at",
+           "gcl_objective", "init_tables", "init_temperature", "log_g", "mbcl_loss", "moving_average_log",
+           "pair_losses", "similarity_deltas", "tau_of", "update_temperature", "update_v2_tau"]

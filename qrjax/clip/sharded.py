@@ -19,25 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import flax.struct
 import jax
-import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from qrjax.clip import losses
 from qrjax.clip.config import CLIPConfig
-from qrjax.train.state import TrainState
 
 AXIS = "data"
-
-
-class CLIPState(TrainState):
-    """The shared TrainState plus the loss's state: per-sample `tables` (u, v2's temperatures) and the global
-    temperature `temp` (theta = log(1/tau) and its Adam moments)."""
-
-    tables: dict = flax.struct.field(default_factory=dict)
-    temp: dict = flax.struct.field(default_factory=dict)
 
 
 def make_grads(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | None = None,
@@ -52,7 +41,7 @@ def make_grads(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | N
     reduction = reduction or config.reduction
 
     def local(params, tables, temp, batch, gamma, epoch, lr_tau, ref_params):
-        ref1, ref2 = batch.get("ref1"), batch.get("ref2")
+        ref1, ref2 = (batch.get("ref1"), batch.get("ref2")) if config.loss == "drrho" else (None, None)
         if config.loss == "drrho" and ref1 is None:
             if ref_encode is None:
                 raise ValueError("drrho needs reference features: cached ('ref1', 'ref2' in the batch) or a "
@@ -82,39 +71,21 @@ def make_grads(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | N
     return grads
 
 
-def make_train_step(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | None = None,
-                    ref_encode: Callable | None = None, ref_params=None):
-    """A jitted step(state: CLIPState, batch) -> (state, metrics): the reduction's gradients, AdamW on the model,
-    the temperature rule, the tables' update. metrics: loss (the batch estimate of the objective), tau (the global
-    temperature used, or v2's mean), gamma, and with a "noisy" bool[B] in the batch, the share of anchor weight on
-    noisy pairs (DRRho's down-weighting)."""
-    grads_fn = make_grads(config, encode, mesh, reduction=reduction, ref_encode=ref_encode)
-    spe = config.steps_per_epoch
+def make_jest_select(config: CLIPConfig, encode: Callable):
+    """select(params, tau, superbatch) -> batch: the batch_size pairs of a super-batch (with the reference's
+    features "ref1", "ref2") that score highest by learnability, the learner's pair loss minus the reference's
+    (qrjax.clip.losses.pair_losses at the learner's temperature); JEST's top-k variant."""
+    keep = config.batch_size
 
-    def step_impl(state: CLIPState, batch: dict, ref_params):
-        noisy = batch.pop("noisy", None)
-        epoch = state.step // spe
-        gamma = losses.gamma_at(config, epoch)
-        lr_tau = losses.tau_learning_rate(config, state.step)
-        grads, aux = grads_fn(state.params, state.tables, state.temp, batch, gamma, epoch, lr_tau, ref_params)
-        tau = losses.tau_of(state.temp)
-        temp = losses.update_temperature(config, state.temp, -tau * aux["tau_grad"], state.step)
-        new = state.apply_gradients(grads).replace(tables=aux["tables"], temp=temp)
-        metrics = {"loss": aux["loss"], "tau": tau, "gamma": gamma}
-        if config.loss == "fastclip-v2":
-            metrics["tau"] = 0.5 * (jnp.mean(state.tables["tau1"]) + jnp.mean(state.tables["tau2"]))
-        if noisy is not None:
-            weight = aux["anchor_weight1"] + aux["anchor_weight2"]
-            metrics["noisy_weight_share"] = jnp.sum(jnp.where(noisy, weight, 0.0)) / jnp.sum(weight)
-            metrics["noisy_fraction"] = jnp.mean(noisy.astype(jnp.float32))
-        return new, metrics
+    @jax.jit
+    def select(params, tau, superbatch: dict) -> dict:
+        e1, e2 = encode(params, superbatch["image"], superbatch["text"])
+        score = (losses.pair_losses(e1, e2, tau)
+                 - losses.pair_losses(superbatch["ref1"].astype(e1.dtype), superbatch["ref2"].astype(e1.dtype), tau))
+        top = lax.top_k(lax.stop_gradient(score), keep)[1]
+        return {k: v[top] for k, v in superbatch.items()}
 
-    jitted = jax.jit(step_impl)
-
-    def step(state: CLIPState, batch: dict):
-        return jitted(state, batch, ref_params)  # the reference's weights are an argument, not baked-in constants
-
-    return step
+    return select
 
 
-__all__ = ["AXIS", "CLIPState", "make_grads", "make_train_step"]
+__all__ = ["AXIS", "make_grads", "make_jest_select"]

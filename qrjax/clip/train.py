@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,20 +30,72 @@ from qrjax.clip.model import CLIP, init_params
 from qrjax.clip.tokenizer import Tokenizer, synthetic_tokenizer
 from qrjax.train import fit, make_optimizer, read_metrics
 from qrjax.train.export import check_workdir_config
+from qrjax.train.optim import make_schedule
+from qrjax.train.state import TrainState
 
 OBJECTIVE_TAU = 0.1  # the GCL objective every run is scored on (one temperature for all losses)
 OBJECTIVE_PAIRS = 1024  # training pairs (clean captions) the objective is computed over
 REF_MODES = ("cache", "online")
 
 
-def make_state(config: CLIPConfig, num_samples: int) -> sharded.CLIPState:
+class CLIPState(TrainState):
+    """The shared TrainState plus the loss's state: per-sample `tables` (u, v2's temperatures) and the global
+    temperature `temp` (theta = log(1/tau) and its Adam moments)."""
+
+    tables: dict = flax.struct.field(default_factory=dict)
+    temp: dict = flax.struct.field(default_factory=dict)
+
+
+def tau_learning_rate(config: CLIPConfig, step):
+    """The temperature's learning rate at `step`: the model's warm-up + cosine schedule, scaled to lr_tau when lr_tau
+    is set (FastCLIP's own parameter group; v2's per-sample rule uses it too)."""
+    lr = make_schedule(config.learning_rate, config.steps, config.warmup_steps, config.end_learning_rate)(step)
+    return lr * (config.lr_tau / config.learning_rate) if config.lr_tau else lr
+
+
+def make_train_step(config: CLIPConfig, encode: Callable, mesh, *, reduction: str | None = None,
+                    ref_encode: Callable | None = None, ref_params=None):
+    """A jitted step(state: CLIPState, batch) -> (state, metrics): the reduction's gradients, AdamW on the model,
+    the temperature rule, the tables' update. metrics: loss (the batch estimate of the objective), tau (the global
+    temperature used, or v2's mean), gamma, and with a "noisy" bool[B] in the batch, the share of anchor weight on
+    noisy pairs (DRRho's down-weighting)."""
+    grads_fn = sharded.make_grads(config, encode, mesh, reduction=reduction, ref_encode=ref_encode)
+    spe = config.steps_per_epoch
+
+    def step_impl(state: CLIPState, batch: dict, ref_params):
+        noisy = batch.pop("noisy", None)
+        epoch = state.step // spe
+        gamma = losses.gamma_at(config, epoch)
+        lr_tau = tau_learning_rate(config, state.step)
+        grads, aux = grads_fn(state.params, state.tables, state.temp, batch, gamma, epoch, lr_tau, ref_params)
+        tau = losses.tau_of(state.temp)
+        temp = losses.update_temperature(config, state.temp, -tau * aux["tau_grad"], state.step, lr_tau)
+        new = state.apply_gradients(grads).replace(tables=aux["tables"], temp=temp)
+        metrics = {"loss": aux["loss"], "tau": tau, "gamma": gamma}
+        if config.loss == "fastclip-v2":
+            metrics["tau"] = 0.5 * (jnp.mean(state.tables["tau1"]) + jnp.mean(state.tables["tau2"]))
+        if noisy is not None:
+            weight = aux["anchor_weight1"] + aux["anchor_weight2"]
+            metrics["noisy_weight_share"] = jnp.sum(jnp.where(noisy, weight, 0.0)) / jnp.sum(weight)
+            metrics["noisy_fraction"] = jnp.mean(noisy.astype(jnp.float32))
+        return new, metrics
+
+    jitted = jax.jit(step_impl)
+
+    def step(state: CLIPState, batch: dict):
+        return jitted(state, batch, ref_params)  # the reference's weights are an argument, not baked-in constants
+
+    return step
+
+
+def make_state(config: CLIPConfig, num_samples: int) -> "CLIPState":
     """A fresh CLIPState: CLIP parameters, AdamW (b2, eps, weight decay from the config; none on gains and biases),
     the loss's per-sample tables for num_samples samples and the global temperature."""
     params = init_params(config, jax.random.key(config.seed))
     tx = make_optimizer("adamw", config.learning_rate, config.steps, config.warmup_steps,
                         end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
                         grad_clip=config.grad_clip or None, b2=config.beta2, eps=config.adam_eps)
-    return sharded.CLIPState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params),
+    return CLIPState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params),
                              tx=tx, tables=losses.init_tables(config, num_samples),
                              temp=losses.init_temperature(config))
 
@@ -124,6 +178,9 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
         raise ValueError(f"ref_mode {ref_mode!r}: choose {' or '.join(REF_MODES)}")
     if config.loss == "drrho" and ref is None:
         raise ValueError("clip: the drrho loss needs a reference model (--ref MODEL)")
+    if config.jest_keep and ref is None:
+        raise ValueError(f"clip: JEST-style selection (jest_keep {config.jest_keep}) needs a reference model "
+                         "(--ref MODEL)")
     workdir = Path(workdir)
     all_devices = jax.devices()
     n_dev = len(all_devices) if devices is None else int(devices)
@@ -151,8 +208,8 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
 
     encode = encode_fn(config)
     ref_features = ref_encode = ref_params = None
-    if ref is not None and config.loss == "drrho":
-        if ref_mode == "cache":
+    if ref is not None and (config.loss == "drrho" or config.jest_keep):
+        if ref_mode == "cache" or config.jest_keep:
             ref_features = reference_features(ref, source, config.image_size, progress=progress)
         else:
             if ref.config.image_size != config.image_size or ref.config.context_length != config.context_length \
@@ -160,12 +217,27 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
                 raise ValueError("ref_mode online: the reference must read the target's images and tokens (same "
                                  "image_size, context_length and tokenizer); use ref_mode cache")
             ref_encode, ref_params = encode_fn(ref.config), ref.params
-    train_step = sharded.make_train_step(config, encode, mesh, ref_encode=ref_encode, ref_params=ref_params)
-    step_fn = parallel.one_step_in_flight(train_step)
+    train_step = make_train_step(config, encode, mesh, ref_encode=ref_encode, ref_params=ref_params)
+    fetch = config.batch_size
+    if config.jest_keep:
+        fetch = round(config.batch_size / config.jest_keep)
+        if fetch % n_dev:
+            raise ValueError(f"clip: the JEST super-batch {fetch} is not divisible by the {n_dev} devices")
+        select = sharded.make_jest_select(config, encode)
+
+        def selected_step(state, superbatch):
+            batch = select(state.params, losses.tau_of(state.temp), superbatch)
+            if config.loss != "drrho":
+                batch = {k: v for k, v in batch.items() if k not in ("ref1", "ref2")}
+            return train_step(state, batch)
+
+        step_fn = parallel.one_step_in_flight(selected_step)
+    else:
+        step_fn = parallel.one_step_in_flight(train_step)
     noisy = getattr(source, "noisy", None)
 
     def batch_fn(step: int) -> dict:
-        idx = cdata.batch_indices(step, config.batch_size, source.size, config.seed)
+        idx = cdata.batch_indices(step, fetch, source.size, config.seed)
         batch = {"image": source.images(idx), "text": tokenizer.encode(source.captions(idx), config.context_length),
                  "index": idx}
         if ref_features is not None:
@@ -200,7 +272,8 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
     train = [r for r in rows if r.get("split") == "train"]
     model = current(state)
     summary = {"loss": train[-1]["loss"] if train else None, "steps": config.steps,
-               "samples_seen": config.steps * config.batch_size, "bad_samples": int(source.bad_samples),
+               "samples_seen": config.steps * config.batch_size, "samples_scored": config.steps * fetch,
+               "bad_samples": int(source.bad_samples),
                "bad_names": list(source.bad_names)[:cdata.MAX_BAD_NAMES], "seconds": round(seconds, 3),
                "loss_name": config.loss, "reduction": config.reduction, "devices": n_dev,
                "batch_size": config.batch_size, "tau": model.tau, **result}
@@ -216,5 +289,5 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
     return summary
 
 
-__all__ = ["OBJECTIVE_PAIRS", "OBJECTIVE_TAU", "REF_MODES", "encode_fn", "make_state", "objective",
-           "reference_features", "tokenizer_for", "train_and_evaluate"]
+__all__ = ["CLIPState", "OBJECTIVE_PAIRS", "OBJECTIVE_TAU", "REF_MODES", "encode_fn", "make_state", "make_train_step",
+           "objective", "reference_features", "tau_learning_rate", "tokenizer_for", "train_and_evaluate"]

@@ -291,14 +291,16 @@ def test_v2_tau_gradient_and_rule(rng):
 def test_global_temperature_adam_clamp_and_step_thresh():
     config = cfg("fastclip-v3", learning_rate=0.5, lr_tau=0.2, tau_step_thresh=0.03, warmup_steps=0,
                  end_learning_rate=0.5, temperature=0.035)
+    from qrjax.clip.train import tau_learning_rate
+
     temp = losses.init_temperature(config)
-    assert float(losses.tau_learning_rate(config, 0)) == pytest.approx(0.2)
+    assert float(tau_learning_rate(config, 0)) == float(tau_learning_rate(config, 5)) == pytest.approx(0.2)
     # the first Adam step moves theta by lr (bias-corrected m / sqrt(v) = sign of the gradient)
-    new = losses.update_temperature(config, temp, jnp.asarray(-1.0), 0)
+    new = losses.update_temperature(config, temp, jnp.asarray(-1.0), 0, 0.2)
     assert float(new["theta"]) == pytest.approx(float(temp["theta"]) + 0.2, rel=1e-5)
     # tau = exp(-theta) is now 0.0287 <= 0.03: lr_tau x 1/3 from the next step on
     assert math.exp(-float(new["theta"])) <= 0.03 and bool(new["dropped"]) and not bool(temp["dropped"])
-    newer = losses.update_temperature(config, new, jnp.asarray(-1.0), 1)
+    newer = losses.update_temperature(config, new, jnp.asarray(-1.0), 1, 0.2)
     b2 = config.beta2
     m = 0.9 * float(new["m"]) + 0.1 * -1.0
     v = b2 * float(new["v"]) + (1 - b2)
@@ -306,12 +308,12 @@ def test_global_temperature_adam_clamp_and_step_thresh():
     assert float(newer["theta"]) == pytest.approx(float(new["theta"]) - step, rel=1e-5)
     # the clamp: theta <= log(1 / tau_min) = log 100, however hard the gradient pushes
     for i in range(100):
-        newer = losses.update_temperature(config, newer, jnp.asarray(-1.0), 2 + i)
+        newer = losses.update_temperature(config, newer, jnp.asarray(-1.0), 2 + i, 0.2)
     assert float(newer["theta"]) == pytest.approx(math.log(100), rel=1e-6)
     # constant-temperature losses never move it
     frozen = cfg("fastclip-v1")
     t = losses.init_temperature(frozen)
-    assert losses.update_temperature(frozen, t, jnp.asarray(5.0), 0) is t
+    assert losses.update_temperature(frozen, t, jnp.asarray(5.0), 0, 0.1) is t
 
 
 def test_gamma_schedules():

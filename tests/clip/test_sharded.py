@@ -124,3 +124,25 @@ def test_fastclip_reduction_moves_fewer_bytes(setup):
     # parameter gradients: the same all-reduce in both (2 towers x D_IN x D float32, plus the loss scalars)
     assert fast["all-reduce"] == open_["all-reduce"]
     assert fast["all-reduce"] >= 2 * D_IN * D * 4
+
+
+def test_jest_selects_the_most_learnable_pairs(setup):
+    """The kept pairs are the top batch_size by learner loss minus reference loss, each pair's loss computed here
+    by a plain numpy cross-entropy over the super-batch."""
+    params, ref, batch = setup
+    config = get_config("tiny", ["batch_size=4", "jest_keep=0.25"])
+    with jax.enable_x64(True):
+        r1, r2 = ref_encode(ref, batch["image"], batch["text"])
+        superbatch = {**batch, "ref1": np.asarray(r1), "ref2": np.asarray(r2)}
+        got = sharded.make_jest_select(config, encode)(params, 0.1, superbatch)
+        e1, e2 = (np.asarray(x) for x in encode(params, batch["image"], batch["text"]))
+
+    def pair_loss(a, b):
+        logits = a @ b.T / 0.1
+        rows = np.log(np.exp(logits).sum(1)) - np.diag(logits)
+        cols = np.log(np.exp(logits).sum(0)) - np.diag(logits)
+        return 0.5 * (rows + cols)
+
+    score = pair_loss(e1, e2) - pair_loss(np.asarray(r1), np.asarray(r2))
+    want = np.sort(np.argsort(-score)[:4])
+    np.testing.assert_array_equal(np.sort(got["index"]), np.sort(batch["index"][want]))

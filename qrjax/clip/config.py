@@ -135,7 +135,8 @@ PRESETS = {
     "tiny": CLIPConfig(name="tiny", image_size=16, context_length=12, vocab_size=64, num_samples=256, patch_size=8,
                        image_width=32, image_depth=1, image_heads=2, text_width=32, text_depth=1, text_heads=2,
                        embed_dim=16, batch_size=16, steps=4, warmup_steps=1, log_every=2, checkpoint_every=2),
-    "cpu": CLIPConfig(),
+    # FastCLIP v3 with its medium-setting temperature rate; the shipped model (qrjax.clip.export.load_pretrained)
+    "cpu": CLIPConfig(lr_tau=2e-4, eval_every=500),
     # FastCLIP's xlarge setting (LAION-315M, ViT-B/16, 5,120 = 320 x 16 GPUs, 30 epochs): its v3 knobs.
     "paper": CLIPConfig(name="paper", image_size=224, context_length=77, vocab_size=49408,
                         num_samples=315_658_316, patch_size=16, image_width=768, image_depth=12, image_heads=12,

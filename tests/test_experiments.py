@@ -210,3 +210,30 @@ def test_dwtdct_peer_is_invisible_watermarks_public_api(monkeypatch):
     for shape in ((141, 141, 3), (20, 20, 3), (5, 300, 3)):
         out = peer.decode(np.zeros(shape, np.uint8))
         assert out.shape == (48,) and out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
+
+
+def test_clip_training_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "clip_training.py"), "--preset", "tiny", "--samples", "32",
+           "--batches", "16", "--seeds", "0,1", "--losses", "fastclip-v3", "--ref-samples", "64", "--ref-steps", "2",
+           "--target-steps", "4", "--eval-every", "2", "--drrho-batch", "16", "--variants", "no",
+           "--reduction-batches", "16", "--rounds", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "clip_training.json").read_text())
+    (row,) = result["losses"]["table"]
+    assert (row["batch"], row["loss"], row["n"]) == (16, "fastclip-v3", 2) and row["objective_std"] >= 0
+    assert [(r["seed"], r["steps"]) for r in result["losses"]["runs"]] == [(0, 2), (1, 2)]
+    runs = result["drrho"]["runs"]
+    assert list(runs) == ["DRRho-CLIP", "no reference (GCL, DRRho's recipe)"]
+    assert all([c["samples"] for c in r["curve"]] == [32, 64] for r in runs.values())  # evaluated at steps 2, 4
+    assert list(result["drrho"]["data_efficiency"]) == ["no reference (GCL, DRRho's recipe)"]
+    assert 0 <= runs["DRRho-CLIP"]["summary"]["noisy_weight_share"] <= 1
+    (red,) = result["reduction"]["runs"]
+    # OpenCLIP's backward adds the features' reduce-scatter; the parameter all-reduce is the same in both
+    fast, slow = red["collectives"]["fastclip"], red["collectives"]["openclip"]
+    assert fast.get("reduce-scatter", 0) == 0 < slow["reduce-scatter"]
+    assert red["collectives"]["fastclip"]["all-reduce"] == red["collectives"]["openclip"]["all-reduce"]
+    assert red["bytes_ratio_openclip_over_fastclip"] > 1
+    assert (tmp_path / "clip_training.md").read_text().startswith("# CLIP training")
+    assert (tmp_path / "clip_training_losses.png").stat().st_size > 0
+    assert (tmp_path / "clip_training_drrho.png").stat().st_size > 0

@@ -118,5 +118,5 @@ def resolve_model(spec: str | Path) -> ClipModel:
     return export.resolve_model(spec, PRETRAINED, load_pretrained, load_model)
 
 
-__all__ = ["ARCH_FIELDS", "PRETRAINED", "ClipModel", "encoders", "load_model", "load_pretrained", "resolve_model", "save_model",
-           "variables_template"]
+__all__ = ["ARCH_FIELDS", "PRETRAINED", "ClipModel", "encoders", "load_model", "load_pretrained", "resolve_model",
+           "save_model", "variables_template"]

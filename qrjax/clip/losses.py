@@ -173,7 +173,8 @@ def contrastive_terms(config: CLIPConfig, e1, e2, idx, tables: dict, temp: dict,
 
     e1, e2: float[b, d] this device's normalised image and text features (functions of the parameters);
     idx: int32[b] their sample ids (rows of the u tables); tables: init_tables' dict (replicated); temp:
-    init_temperature's dict; gamma: u's weight this step; epoch, lr_tau: v2's temperature rule's epoch and rate; axis: the shard_map axis (None: one device, b = B);
+    init_temperature's dict; gamma: u's weight this step; epoch, lr_tau: v2's temperature rule's epoch and rate;
+    axis: the shard_map axis (None: one device, b = B);
     reduction: "fastclip" (features gathered without gradient; block 1 = local anchors x all candidates, block 2 =
     all anchors x local candidates) or "openclip" (features gathered with gradient; local anchors only);
     ref1, ref2: float[b, d_ref] the reference model's features (drrho).

@@ -59,7 +59,8 @@ def test_train_cli_on_a_csv_file_with_unusable_rows(tmp_path, scenes, tiny_run, 
     (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
     code, out, err = run_cli(["clip", "train", "--preset", "tiny", "--data", str(tmp_path / "pairs.tsv"),
                               "--csv-img-key", "path", "--csv-caption-key", "caption", "--loss", "drrho",
-                              "--ref", str(tiny_run[0] / "model"), "--devices", "2", "--workdir", str(tmp_path / "run"), "--json", "--quiet"], capsys)
+                              "--ref", str(tiny_run[0] / "model"), "--devices", "2", "--workdir",
+                              str(tmp_path / "run"), "--json", "--quiet"], capsys)
     assert code == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 1

@@ -1,6 +1,7 @@
-"""`train_and_evaluate`: CLIP training with any of the six losses and either reduction, on the synthetic captioned
-scenes or a user's CSV/TSV file or webdataset shards, through the shared trainer (`qrjax.train.fit`: resume,
-checkpoints, metrics JSONL, progress), data-parallel over the devices of one or many processes.
+"""`train_and_evaluate`: CLIP training with any of the losses (MBCL, FastCLIP v0-v3, DRRho) and either reduction,
+on the synthetic captioned scenes or a user's CSV/TSV file or webdataset shards, through the shared trainer
+(`qrjax.train.fit`: resume, checkpoints, metrics JSONL, progress), data-parallel over the devices of one or many
+processes.
 
 The per-sample u tables, v2's temperatures and the global temperature's Adam state are part of the checkpointed
 state, so a resumed run continues exactly. DRRho-CLIP's reference features are computed once for every training
@@ -29,7 +30,7 @@ from qrjax.clip.export import ClipModel, save_model
 from qrjax.clip.model import CLIP, init_params
 from qrjax.clip.tokenizer import Tokenizer, synthetic_tokenizer
 from qrjax.train import fit, make_optimizer, read_metrics
-from qrjax.train.export import check_workdir_config
+from qrjax.train.export import check_workdir_config, check_workdir_run
 from qrjax.train.optim import make_schedule
 from qrjax.train.state import TrainState
 
@@ -148,19 +149,6 @@ def objective(model: ClipModel, source, pairs: int = OBJECTIVE_PAIRS, tau: float
         return float(losses.gcl_objective(jnp.asarray(e1, jnp.float64), jnp.asarray(e2, jnp.float64), tau, 0.0))
 
 
-def _check_run(workdir: Path, run: dict) -> None:
-    """A workdir's checkpoints belong to one data set, device count and reference."""
-    path = workdir / "run.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        diffs = [f"{k}: workdir {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
-        if diffs:
-            raise ValueError(f"workdir {str(workdir)!r} holds a run with other settings; use a new workdir or the "
-                             f"same settings: {'; '.join(diffs)}")
-    else:
-        path.write_text(json.dumps(run, indent=1))
-
-
 def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path = "synthetic", *,
                        devices: int | None = None, ref: ClipModel | None = None, ref_name: str | None = None,
                        ref_mode: str = "cache", csv_img_key: str = "filepath", csv_caption_key: str = "title",
@@ -199,7 +187,7 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
     if parallel.process_index() == 0:  # one writer of the workdir's records; every process learns the verdict
         try:
             check_workdir_config(workdir, config)
-            _check_run(workdir, {"devices": n_dev, "data": str(data), "ref": ref_name if ref is not None else None})
+            check_workdir_run(workdir, {"devices": n_dev, "data": str(data), "ref": ref_name if ref is not None else None})
         except ValueError as err:
             problem = str(err)
     problem = parallel.broadcast_from_first(problem)

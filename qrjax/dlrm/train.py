@@ -21,7 +21,7 @@ from qrjax.dlrm import bounds, sharded
 from qrjax.dlrm.config import DLRMConfig
 from qrjax.dlrm.data import open_data
 from qrjax.train import TrainState, fit, make_optimizer, read_metrics
-from qrjax.train.export import check_workdir_config, save_model
+from qrjax.train.export import check_workdir_config, check_workdir_run, save_model
 
 STATS_BATCHES = 8  # training batches the "stats" table rule measures
 
@@ -36,19 +36,6 @@ def make_state(config: DLRMConfig, placement: sharded.Placement, mesh) -> tuple[
     shardings = state.replace(step=replicated, params=sharded.param_shardings(params, mesh),
                               opt_state=jax.tree.map(lambda _: replicated, state.opt_state))
     return state, shardings
-
-
-def _check_run(workdir: Path, run: dict) -> None:
-    """A workdir's checkpoints hold tables placed for one device count and trained on one data source."""
-    path = workdir / "run.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        diffs = [f"{k}: workdir {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
-        if diffs:
-            raise ValueError(f"workdir {str(workdir)!r} holds a run with other settings; use a new workdir or the "
-                             f"same settings: {'; '.join(diffs)}")
-    else:
-        path.write_text(json.dumps(run, indent=1))
 
 
 def evaluate(config: DLRMConfig, forward, params, eval_set: list[dict], mesh) -> dict:
@@ -91,7 +78,7 @@ def train_and_evaluate(config: DLRMConfig, workdir: str | Path, data: str | Path
     if parallel.process_index() == 0:  # one writer of the workdir's records; every process learns the verdict
         try:
             check_workdir_config(workdir, config)
-            _check_run(workdir, {"devices": n, "data": str(data)})
+            check_workdir_run(workdir, {"devices": n, "data": str(data)})
         except ValueError as err:
             problem = str(err)
     problem = parallel.broadcast_from_first(problem)

@@ -111,6 +111,23 @@ def check_workdir_config(workdir: str | Path, config) -> Path:
     return path
 
 
+def check_workdir_run(workdir: str | Path, run: dict) -> Path:
+    """A workdir's checkpoints also depend on settings outside the config (the device count a sharded state was
+    placed for, the data set, a reference model): the first run records `run` (JSON-safe) in workdir/run.json and a
+    later one with other values is refused with a ValueError listing them."""
+    path = Path(workdir) / "run.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diffs = [f"{k}: workdir {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
+        if diffs:
+            raise ValueError(f"workdir {str(workdir)!r} holds a run with other settings; use a new workdir or the "
+                             f"same settings: {'; '.join(diffs)}")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run, indent=1))
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ model files
 
 
@@ -241,5 +258,5 @@ def resolve_model(spec: str | Path, shipped: Sequence[str], load_pretrained_fn: 
                             f"missing {stem.with_suffix('.json')} and {stem.with_suffix('.msgpack')}")
 
 
-__all__ = ["check_workdir_config", "config_from_dict", "config_to_dict", "load_model_files", "load_pretrained",
-           "model_stem", "read_model", "resolve_model", "restore_into", "save_model"]
+__all__ = ["check_workdir_config", "check_workdir_run", "config_from_dict", "config_to_dict", "load_model_files",
+           "load_pretrained", "model_stem", "read_model", "resolve_model", "restore_into", "save_model"]

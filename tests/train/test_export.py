@@ -127,6 +127,15 @@ def test_workdir_check_writes_once_then_lists_every_difference(tmp_path):
         export.check_workdir_config(tmp_path / "run", config)
 
 
+def test_workdir_run_check_records_then_names_the_differing_settings(tmp_path):
+    path = export.check_workdir_run(tmp_path / "run", {"devices": 8, "data": "synthetic", "ref": None})
+    assert json.loads(path.read_text()) == {"devices": 8, "data": "synthetic", "ref": None}
+    export.check_workdir_run(tmp_path / "run", {"devices": 8, "data": "synthetic", "ref": None})
+    with pytest.raises(ValueError, match=r"other settings.*devices: workdir 8, this run 2; ref: workdir None, "
+                                         r"this run 'm'"):
+        export.check_workdir_run(tmp_path / "run", {"devices": 2, "data": "synthetic", "ref": "m"})
+
+
 # ------------------------------------------------------------------------------------------------ model files
 
 
@@ -318,8 +327,9 @@ def _imported(code: str) -> list[str]:
 
 
 def test_inference_modules_do_not_import_training_code():
-    training = "{'qrjax.watermark.train', 'qrjax.diffusion.train', 'qrjax.train.loop', 'orbax.checkpoint'}"
-    got = _imported("import qrjax.watermark, qrjax.diffusion, qrjax.watermark.pipeline, qrjax.diffusion.supergen; "
+    training = "{'qrjax.watermark.train', 'qrjax.diffusion.train', 'qrjax.clip.train', 'qrjax.train.loop', 'orbax.checkpoint'}"
+    got = _imported("import qrjax.watermark, qrjax.diffusion, qrjax.watermark.pipeline, qrjax.diffusion.supergen, "
+                    "qrjax.clip, qrjax.clip.evaluate; "
                     f"import sys, json; print(json.dumps(sorted(m for m in sys.modules if m in {training})))")
     assert got == []
     # the export module alone pulls in no optimiser either; the trainer's names still resolve on first use

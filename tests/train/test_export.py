@@ -327,7 +327,8 @@ def _imported(code: str) -> list[str]:
 
 
 def test_inference_modules_do_not_import_training_code():
-    training = "{'qrjax.watermark.train', 'qrjax.diffusion.train', 'qrjax.clip.train', 'qrjax.train.loop', 'orbax.checkpoint'}"
+    training = ("{'qrjax.watermark.train', 'qrjax.diffusion.train', 'qrjax.clip.train', 'qrjax.train.loop', "
+                "'orbax.checkpoint'}")
     got = _imported("import qrjax.watermark, qrjax.diffusion, qrjax.watermark.pipeline, qrjax.diffusion.supergen, "
                     "qrjax.clip, qrjax.clip.evaluate; "
                     f"import sys, json; print(json.dumps(sorted(m for m in sys.modules if m in {training})))")

@@ -256,20 +256,23 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
     final = [r for r in rows if r.get("split") == "eval" and r["step"] == config.steps]
     if parallel.broadcast_from_first(not final):  # (every process takes part in an evaluation's collectives)
         final = [eval_fn(state, config.steps)]
-    result = {k: v for k, v in final[-1].items() if k not in ("step", "split", "time")}
-    train = [r for r in rows if r.get("split") == "train"]
-    model = current(state)
-    summary = {"loss": train[-1]["loss"] if train else None, "steps": config.steps,
-               "samples_seen": config.steps * config.batch_size, "samples_scored": config.steps * fetch,
-               "bad_samples": int(source.bad_samples),
-               "bad_names": list(source.bad_names)[:cdata.MAX_BAD_NAMES], "seconds": round(seconds, 3),
-               "loss_name": config.loss, "reduction": config.reduction, "devices": n_dev,
-               "batch_size": config.batch_size, "tau": model.tau, **result}
+    model = current(state)  # (collectives on a multi-process mesh: every process fetches the state)
+    tau = model.tau
     if config.loss == "fastclip-v2":
-        summary["tau"] = float(np.mean([np.mean(parallel.to_host(state.tables[k])) for k in ("tau1", "tau2")]))
-    if noisy is not None and noisy.any() and train:
-        summary["noisy_weight_share"] = float(np.mean([r["noisy_weight_share"] for r in train]))
-        summary["noisy_fraction"] = float(np.mean(noisy))
+        tau = float(np.mean([np.mean(parallel.to_host(state.tables[k])) for k in ("tau1", "tau2")]))
+    summary = None
+    if parallel.process_index() == 0:  # process 0 holds the metrics it wrote
+        result = {k: v for k, v in final[-1].items() if k not in ("step", "split", "time")}
+        train = [r for r in rows if r.get("split") == "train"]
+        summary = {"loss": train[-1]["loss"] if train else None, "steps": config.steps,
+                   "samples_seen": config.steps * config.batch_size, "samples_scored": config.steps * fetch,
+                   "bad_samples": int(source.bad_samples),
+                   "bad_names": list(source.bad_names)[:cdata.MAX_BAD_NAMES], "seconds": round(seconds, 3),
+                   "loss_name": config.loss, "reduction": config.reduction, "devices": n_dev,
+                   "batch_size": config.batch_size, "tau": tau, **result}
+        if noisy is not None and noisy.any() and train:
+            summary["noisy_weight_share"] = float(np.mean([r["noisy_weight_share"] for r in train]))
+            summary["noisy_fraction"] = float(np.mean(noisy))
     summary = parallel.broadcast_from_first(summary)
     if parallel.process_index() == 0:
         save_model(model, workdir / "model", extra={"steps": config.steps, "summary": summary})

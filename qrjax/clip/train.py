@@ -187,7 +187,8 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
     if parallel.process_index() == 0:  # one writer of the workdir's records; every process learns the verdict
         try:
             check_workdir_config(workdir, config)
-            check_workdir_run(workdir, {"devices": n_dev, "data": str(data), "ref": ref_name if ref is not None else None})
+            check_workdir_run(workdir, {"devices": n_dev, "data": str(data),
+                                        "ref": ref_name if ref is not None else None})
         except ValueError as err:
             problem = str(err)
     problem = parallel.broadcast_from_first(problem)
@@ -272,7 +273,9 @@ def train_and_evaluate(config: CLIPConfig, workdir: str | Path, data: str | Path
                    "batch_size": config.batch_size, "tau": tau, **result}
         if noisy is not None and noisy.any() and train:
             summary["noisy_weight_share"] = float(np.mean([r["noisy_weight_share"] for r in train]))
-            summary["noisy_fraction"] = float(np.mean(noisy))
+            summary["noisy_fraction"] = float(np.mean(noisy))  # of the data set
+            # of the trained batches (JEST-style selection keeps fewer noisy pairs than the data holds)
+            summary["batch_noisy_fraction"] = float(np.mean([r["noisy_fraction"] for r in train]))
     summary = parallel.broadcast_from_first(summary)
     if parallel.process_index() == 0:
         save_model(model, workdir / "model", extra={"steps": config.steps, "summary": summary})

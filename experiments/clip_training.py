@@ -118,7 +118,8 @@ def part_drrho(args, root: Path) -> dict:
         curve = [{"samples": r["step"] * config.batch_size, "zero_shot_top1": r["zero_shot_top1"],
                   "retrieval_r1": 0.5 * (r["retrieval_r1_i2t"] + r["retrieval_r1_t2i"])} for r in evals]
         out[name] = {"summary": {k: summary.get(k) for k in (*METRICS, "samples_seen", "samples_scored",
-                                                             "noisy_weight_share", "noisy_fraction", "tau")},
+                                                             "noisy_weight_share", "noisy_fraction", "batch_noisy_fraction",
+                                                             "tau")},
                      "curve": curve}
     drrho = out["DRRho-CLIP"]["curve"]
     efficiency = {}

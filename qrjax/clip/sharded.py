@@ -1,4 +1,5 @@
-"""Data-parallel CLIP training steps with `shard_map`: FastCLIP's and OpenCLIP's gradient reductions.
+"""Data-parallel CLIP gradients with `shard_map`: FastCLIP's and OpenCLIP's reductions (the training step built on
+them is `qrjax.clip.train.make_train_step`), and the JEST-style selection of a super-batch.
 
 Each device embeds its b pairs of the global batch of B = K b. Then
 - "fastclip": the features are all-gathered *without* gradient, together with the anchors' new u (and, for v2,

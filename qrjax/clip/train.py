@@ -89,16 +89,15 @@ def make_train_step(config: CLIPConfig, encode: Callable, mesh, *, reduction: st
     return step
 
 
-def make_state(config: CLIPConfig, num_samples: int) -> "CLIPState":
+def make_state(config: CLIPConfig, num_samples: int) -> CLIPState:
     """A fresh CLIPState: CLIP parameters, AdamW (b2, eps, weight decay from the config; none on gains and biases),
     the loss's per-sample tables for num_samples samples and the global temperature."""
     params = init_params(config, jax.random.key(config.seed))
     tx = make_optimizer("adamw", config.learning_rate, config.steps, config.warmup_steps,
                         end_learning_rate=config.end_learning_rate, weight_decay=config.weight_decay,
                         grad_clip=config.grad_clip or None, b2=config.beta2, eps=config.adam_eps)
-    return CLIPState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params),
-                             tx=tx, tables=losses.init_tables(config, num_samples),
-                             temp=losses.init_temperature(config))
+    return CLIPState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params), tx=tx,
+                     tables=losses.init_tables(config, num_samples), temp=losses.init_temperature(config))
 
 
 def encode_fn(config: CLIPConfig):

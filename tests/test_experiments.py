@@ -214,15 +214,15 @@ def test_dwtdct_peer_is_invisible_watermarks_public_api(monkeypatch):
 
 def test_clip_training_smoke(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "clip_training.py"), "--preset", "tiny", "--samples", "32",
-           "--batches", "16", "--seeds", "0,1", "--losses", "fastclip-v3", "--ref-samples", "64", "--ref-steps", "2",
+           "--batches", "16", "--seeds", "0", "--losses", "fastclip-v3", "--ref-samples", "64", "--ref-steps", "2",
            "--target-steps", "4", "--eval-every", "2", "--drrho-batch", "16", "--variants", "no",
            "--reduction-batches", "16", "--rounds", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "clip_training.json").read_text())
     (row,) = result["losses"]["table"]
-    assert (row["batch"], row["loss"], row["n"]) == (16, "fastclip-v3", 2) and row["objective_std"] >= 0
-    assert [(r["seed"], r["steps"]) for r in result["losses"]["runs"]] == [(0, 2), (1, 2)]
+    assert (row["batch"], row["loss"], row["n"]) == (16, "fastclip-v3", 1) and row["objective_std"] == 0
+    assert [(r["seed"], r["steps"]) for r in result["losses"]["runs"]] == [(0, 2)]
     runs = result["drrho"]["runs"]
     assert list(runs) == ["DRRho-CLIP", "no reference (GCL, DRRho's recipe)"]
     assert all([c["samples"] for c in r["curve"]] == [32, 64] for r in runs.values())  # evaluated at steps 2, 4

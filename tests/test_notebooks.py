@@ -9,9 +9,9 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.py"))
 # Notebooks whose smoke run is compile-bound, where XLA's cheap compile mode pays (measured 2-core CPU: supergen
-# 33 -> 23 s, quantum 26 -> 18 s, lossy_compression 27 -> 17 s, dlrm 48 -> 31 s, clip 69 -> 52 s). watermark and detection are not
-# in it: the shipped model's refined embedding runs far slower unoptimised (detection 46 -> 118 s); ecc does not
-# change (17 -> 16 s).
+# 33 -> 23 s, quantum 26 -> 18 s, lossy_compression 27 -> 17 s, dlrm 48 -> 31 s, clip 69 -> 52 s). watermark and
+# detection are not in it: the shipped model's refined embedding runs far slower unoptimised (detection 46 -> 118 s);
+# ecc does not change (17 -> 16 s).
 FAST_COMPILE = {"supergen.py", "quantum.py", "lossy_compression.py", "dlrm.py", "clip.py"}
 
 

@@ -80,3 +80,56 @@ BACKBONES = {
                             num_kv_heads=8, head_dim=64, rope_theta=500000.0, max_position_embeddings=131072,
                             tie_word_embeddings=True),
 }
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One ALTO tuning run: every configuration of a hyperparameter grid (lr x rank x batch) on one or more tasks,
+    trained as LoRA adapters of one frozen backbone, `slots` at a time per device."""
+
+    name: str = "cpu"
+    # Slots: adapters trained together on one device; a freed slot is back-filled from the queue (no recompile:
+    # the slot count and the token buffer are fixed, an empty slot is a zero-size group).
+    slots: int = 8
+    capacity: int = 64  # sequences per device per step (the live adapters' batches share it; ALTO's memory bound)
+    memory_margin: float = 0.1  # safety margin of the memory model when capacity comes from a memory budget
+    rank_max: int = 8  # ranks are padded to this with exact zeros (>= every rank of the grid)
+    targets: tuple[str, ...] = PROJECTIONS  # projections that carry LoRA (PEFT's target_modules)
+    alpha_ratio: float = 2.0  # alpha = alpha_ratio * rank, scale = alpha / rank (ALTO: alpha = 2r)
+    steps: int = 300  # optimiser steps per configuration (--steps caps it)
+    eval_every: int = 20  # validation every this many of a configuration's steps (and at warm-up, and at the end)
+    num_train: int = 2048  # synthetic tasks: training examples
+    num_val: int = 64  # synthetic tasks: validation examples (user JSONL: val_fraction of the lines)
+    val_batch: int = 32  # validation sequences per slot per forward pass
+    weight_decay: float = 0.01  # AdamW (ALTO: 0.01)
+    grad_clip: float = 1.0  # per adapter (global norm over that adapter's A and B)
+    early_exit: bool = True
+    ema_alpha: float = 0.1  # EMA weight of the newest training loss (ALTO does not give it)
+    devices: int = 1  # adapter-per-device parallelism: each device owns `slots` whole adapters
+    impl: str = "ragged"  # the grouped matmul (qrjax.lora.multilora.IMPLS)
+    checkpoint_every: int = 100  # engine steps between checkpoints of a resumable run
+    seed: int = 0
+
+
+TUNE_PRESETS = {
+    "tiny": TuneConfig(name="tiny", slots=4, capacity=16, rank_max=4, steps=24, eval_every=4, num_train=256,
+                       num_val=16, val_batch=8, checkpoint_every=10),
+    "cpu": TuneConfig(),
+    "paper": TuneConfig(name="paper", slots=32, capacity=128, rank_max=64, steps=3000, eval_every=100,
+                        num_train=7473, num_val=1319, val_batch=64, ema_alpha=0.1),
+}
+
+
+def get_tune_config(preset: str = "cpu", overrides=None) -> TuneConfig:
+    config = from_preset(TUNE_PRESETS, preset, overrides, system="lora")
+    from qrjax.lora.multilora import IMPLS
+
+    if config.impl not in IMPLS:
+        raise ValueError(f"lora: impl {config.impl!r}; choose from {IMPLS}")
+    bad = [t for t in config.targets if t not in PROJECTIONS]
+    if bad or not config.targets:
+        raise ValueError(f"lora: targets {list(config.targets)}; choose a non-empty subset of {PROJECTIONS}")
+    for name in ("slots", "capacity", "rank_max", "steps", "eval_every", "devices", "val_batch"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"lora: {name} must be >= 1, got {getattr(config, name)}")
+    return dataclasses.replace(config)

@@ -19,7 +19,7 @@ number, upper-casing, shifting letters, digit-wise addition without carry, count
 knows the byte alphabet and the prompt => completion format and LoRA has something real to adapt.
 
 The grid (`Grid`, `default_grid`, `load_grid`) is learning rate x LoRA rank x batch size; `Grid.configs` crosses it
-with the tasks into `TuneConfig`s, task-major.
+with the tasks into `GridPoint`s, task-major.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def pretrain_examples(n: int, seed: int = 0) -> list[Example]:
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class GridPoint:
     """One LoRA tuning job: a task and its (learning rate, rank, batch size); `index` is its position in the list
     `Grid.configs` returned (unique across tasks)."""
 
@@ -408,14 +408,14 @@ class Grid:
     def __len__(self) -> int:
         return len(self.points)
 
-    def configs(self, task_names: Sequence[str]) -> list[TuneConfig]:
+    def configs(self, task_names: Sequence[str]) -> list[GridPoint]:
         """Every task x every point, task-major (all points of task_names[0] first), index = list position."""
         if isinstance(task_names, str):
             raise TypeError("Grid.configs takes a sequence of task names, got a single str (wrap it in a list)")
         if len(set(task_names)) != len(task_names):
             raise ValueError(f"Grid.configs: task names repeat: {list(task_names)}")
         pairs = [(t, p) for t in task_names for p in self.points]
-        return [TuneConfig(t, lr, rank, batch, i) for i, (t, (lr, rank, batch)) in enumerate(pairs)]
+        return [GridPoint(t, lr, rank, batch, i) for i, (t, (lr, rank, batch)) in enumerate(pairs)]
 
 
 # A 2-layer d=64 backbone under Adam: 1e-3 is slow for ~200 steps (the underperformers), 3e-3 and 1e-2 train well,
@@ -482,6 +482,6 @@ def _check_grid_value(path: Path, where: str, key: str, value) -> None:
 
 
 __all__ = ["BOS", "BYTE_OFFSET", "DEFAULT_BATCHES", "DEFAULT_LRS", "DEFAULT_RANKS", "EOS", "Example", "Grid", "PAD",
-           "PRETRAIN_SKILLS", "TASKS", "Task", "TuneConfig", "VOCAB_SIZE", "decode_tokens", "default_grid",
+           "PRETRAIN_SKILLS", "TASKS", "Task", "GridPoint", "VOCAB_SIZE", "decode_tokens", "default_grid",
            "encode_examples", "encode_text", "example_tokens", "fit_seq_len", "load_grid", "load_jsonl_task",
            "make_task", "pretrain_examples", "resolve_task"]

@@ -204,7 +204,7 @@ def test_backfill_does_not_recompile(base):
     assert steps.reset._cache_size() == 1
 
 
-@pytest.mark.parametrize("impl", ["dense", "sequential"])
+@pytest.mark.parametrize("impl", ["dense", "sequential", "pallas"])
 def test_lora_delta_impls_agree(impl):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(11, 6)), jnp.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qrjax.lora import tasks
-from qrjax.lora.tasks import (BOS, EOS, PAD, TASKS, VOCAB_SIZE, Grid, Task, TuneConfig, decode_tokens, default_grid,
+from qrjax.lora.tasks import (BOS, EOS, PAD, TASKS, VOCAB_SIZE, Grid, Task, GridPoint, decode_tokens, default_grid,
                               encode_examples, encode_text, example_tokens, fit_seq_len, load_grid, load_jsonl_task,
                               make_task, pretrain_examples, resolve_task)
 
@@ -316,7 +316,7 @@ def test_default_grid_and_configs_order():
     assert [c.index for c in configs] == list(range(48))
     assert [c.task for c in configs] == ["sort"] * 24 + ["recall"] * 24
     assert [(c.lr, c.rank, c.batch) for c in configs[24:]] == list(grid.points)
-    assert configs[25] == TuneConfig("recall", 1e-3, 2, 8, 25) and configs[25].label == "recall/lr=0.001/r=2/b=8"
+    assert configs[25] == GridPoint("recall", 1e-3, 2, 8, 25) and configs[25].label == "recall/lr=0.001/r=2/b=8"
     with pytest.raises(TypeError, match="single str"):
         grid.configs("sort")
     with pytest.raises(ValueError, match="repeat"):

@@ -1,0 +1,389 @@
+"""The ALTO engine: every configuration of a hyperparameter grid on one or more tasks, trained as LoRA adapters of one
+frozen backbone in fixed slots (`qrjax.lora.batched`), with early exit, back-fill and cross-task placement.
+
+Each engine step trains every live slot once (one program: the base matmul over all slots' tokens, grouped LoRA
+matmuls, per-adapter AdamW). Then, per configuration:
+- its training loss goes into its early-exit monitor (EMA); at its warm-up boundary (5 % of its steps), every
+  `eval_every` steps and at its end it is evaluated on its task's validation split (mean token cross-entropy on the
+  completions), and ALTO's rules may exit it: "underperforming" at the warm-up boundary (online top ⌈0.25·n⌉ of the
+  task), "diverged" or "overfit" from the 4th evaluation; the adapter with the best validation loss is kept (on
+  device, per slot) and exported;
+- a finished or exited configuration frees its slot, which is back-filled from the queue at once: greedy admission
+  under the device's capacity (`schedule.admit`, same batch size first), without recompiling.
+Devices: every device owns `slots` slots (adapter-per-device parallelism). With `placement="cp-sat"` each task is
+given whole devices by `schedule.plan` (CP-SAT strip packing over the engine's step clock: a task needs g devices for
+an estimated number of steps), re-planned whenever a task completes; a device only admits configurations of the task
+placed on it. Otherwise every device admits from one queue (all tasks, in order).
+
+Results: workdir/configs.jsonl (one record per configuration as it ends), workdir/adapters/<task>-<index>/ (PEFT's
+adapter_model.safetensors + adapter_config.json, the best-validation adapter), workdir/summary.json. The run is
+resumable: the slots' arrays and the host state are checkpointed every `checkpoint_every` engine steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from qrjax.lora import batched, schedule
+from qrjax.lora.config import LlamaConfig, TuneConfig
+from qrjax.lora.early_exit import EarlyExitConfig, Monitor, Underperforming, warmup_steps
+from qrjax.lora.tasks import GridPoint, Task, encode_examples
+from qrjax.parallel import make_mesh
+from qrjax.train.checkpoint import Checkpointer
+
+STATUSES = ("queued", "running", "finished", "exited")
+
+
+@dataclasses.dataclass
+class Job:
+    """One configuration's progress (host side)."""
+
+    point: GridPoint
+    status: str = "queued"
+    exit_reason: str | None = None
+    steps: int = 0
+    samples: int = 0
+    slot: int | None = None
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    evals: list = dataclasses.field(default_factory=list)  # [step, ema train loss, val loss]
+    monitor: Monitor | None = None
+
+    def record(self) -> dict:
+        p = self.point
+        return {"task": p.task, "index": p.index, "lr": p.lr, "rank": p.rank, "batch": p.batch,
+                "status": self.status, "exit_reason": self.exit_reason, "steps": self.steps, "samples": self.samples,
+                "best_val_loss": None if not math.isfinite(self.best_val_loss) else self.best_val_loss,
+                "best_step": self.best_step}
+
+
+def _monitor_state(m: Monitor) -> dict:
+    return {k: v for k, v in vars(m).items() if k != "config"}
+
+
+def _restore_monitor(config: EarlyExitConfig, state: dict) -> Monitor:
+    m = Monitor(config)
+    for k, v in state.items():
+        setattr(m, k, v)
+    return m
+
+
+class _Data:
+    """Every task's encoded splits at one common sequence length (the longest task's)."""
+
+    def __init__(self, tasks: dict[str, Task]):
+        self.seq_len = max(t.seq_len for t in tasks.values())
+        self.train = {n: encode_examples(t.train, self.seq_len) for n, t in tasks.items()}
+        self.val = {n: encode_examples(t.val, self.seq_len) for n, t in tasks.items()}
+
+    def batch(self, job: Job, seed: int) -> dict:
+        """The job's batch for its next step: deterministic in (seed, configuration, step), so a resumed run sees the
+        batches an uninterrupted one would."""
+        arrays = self.train[job.point.task]
+        rng = np.random.default_rng([seed, job.point.index, job.steps])
+        idx = rng.choice(arrays["inputs"].shape[0], job.point.batch, replace=False)
+        return {k: v[idx] for k, v in arrays.items()}
+
+
+def save_peft_adapter(directory: str | Path, adapter: dict, rank: int, alpha: float, targets: Sequence[str],
+                      meta: dict | None = None) -> Path:
+    """One adapter (padded to rank_max) in PEFT's layout: adapter_model.safetensors with
+    base_model.model.model.layers.<i>.<self_attn|mlp>.<proj>.lora_A.weight [r, d_in] and lora_B.weight [d_out, r],
+    and adapter_config.json (r, lora_alpha, target_modules)."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for layer, groups in adapter.items():
+        i = int(layer.split("_")[1])
+        for group, projs in groups.items():
+            for proj, ab in projs.items():
+                stem = f"base_model.model.model.layers.{i}.{group}.{proj}"
+                tensors[f"{stem}.lora_A.weight"] = np.ascontiguousarray(np.asarray(ab["a"])[:, :rank].T)
+                tensors[f"{stem}.lora_B.weight"] = np.ascontiguousarray(np.asarray(ab["b"])[:rank].T)
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(rank), "lora_alpha": float(alpha),
+              "target_modules": list(targets), "lora_dropout": 0.0, "bias": "none", **(meta or {})}
+    (directory / "adapter_config.json").write_text(json.dumps(config, indent=1) + "\n")
+    return directory
+
+
+def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequence[GridPoint], config: TuneConfig,
+         workdir: str | Path, *, placement: str = "queue", progress: bool = True, max_engine_steps: int | None = None,
+         export: bool = True) -> dict:
+    """Train every configuration in `points` (tasks[point.task] must exist); returns the summary (also written to
+    workdir/summary.json): configs (one record each, in `points` order), per-task best, samples, seconds,
+    engine_steps, bad_lines. max_engine_steps stops early (for tests of resume); placement: "queue" or "cp-sat"."""
+    t0 = time.perf_counter()
+    model_config, base = backbone
+    if placement not in ("queue", "cp-sat"):
+        raise ValueError(f"placement {placement!r}: choose 'queue' or 'cp-sat'")
+    for p in points:
+        if p.task not in tasks:
+            raise ValueError(f"configuration {p.label}: unknown task {p.task!r}; tasks: {sorted(tasks)}")
+        if p.rank > config.rank_max:
+            raise ValueError(f"configuration {p.label}: rank {p.rank} > rank_max {config.rank_max}")
+        if p.batch > config.capacity:
+            raise ValueError(f"configuration {p.label}: batch {p.batch} > capacity {config.capacity} sequences")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    devices, per_device = config.devices, config.slots
+    num_slots = devices * per_device
+    if len(jax.devices()) < devices:
+        raise ValueError(f"devices {devices}: only {len(jax.devices())} available")
+    mesh = make_mesh((devices,), (batched.AXIS,), devices=jax.devices()[:devices])
+    steps_fn = batched.make_steps(config, model_config, mesh)
+    data = _Data(tasks)
+    seq_len = data.seq_len
+    ee = EarlyExitConfig(enabled=config.early_exit, ema_alpha=config.ema_alpha)
+    warm = warmup_steps(config.steps, ee.warmup_fraction)
+    counts = {t: sum(p.task == t for p in points) for t in tasks}
+    underperf = {t: Underperforming(max(counts[t], 1), ee) for t in tasks}
+    jobs = [Job(p, monitor=Monitor(ee)) for p in points]
+    slot_job: list[int | None] = [None] * num_slots
+    device_task: list[str | None] = [None] * devices
+    running_tasks: dict[str, schedule.Placement] = {}
+    done_tasks: set[str] = set()
+    engine_step = 0
+
+    state = jax.device_put(batched.init_slots(config, model_config, num_slots), steps_fn.state_sharding)
+    best = jax.device_put(jax.tree.map(np.zeros_like, jax.device_get(state.adapters)), steps_fn.state_sharding.adapters)
+    base = jax.device_put(base, steps_fn.replicated)
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=1)
+    if ckpt.latest_step is not None:
+        restored, meta = ckpt.restore({"state": state, "best": best})
+        state, best = restored["state"], restored["best"]
+        engine_step = int(meta["engine_step"])
+        for job, rec in zip(jobs, meta["jobs"]):
+            job.status, job.exit_reason, job.steps, job.samples = rec["status"], rec["exit_reason"], rec["steps"], \
+                rec["samples"]
+            job.slot, job.best_val_loss, job.best_step, job.evals = rec["slot"], rec["best_val_loss"], \
+                rec["best_step"], rec["evals"]
+            job.monitor = _restore_monitor(ee, rec["monitor"])
+        slot_job = meta["slot_job"]
+        device_task = meta["device_task"]
+        done_tasks = set(meta["done_tasks"])
+        running_tasks = {k: schedule.Placement(k, v[0], v[1], tuple(v[2])) for k, v in meta["running_tasks"].items()}
+        for t, losses in meta["underperforming"].items():
+            for cid, loss in losses:
+                underperf[t].report(cid, loss)
+    ended_file = workdir / "configs.jsonl"
+    if engine_step == 0 and ended_file.exists():
+        ended_file.unlink()
+
+    val_sets = data.val
+    val_chunk = config.val_batch
+    eval_capacity = per_device * val_chunk
+
+    def task_work(t):  # sequences x steps still to train, the scheduler's duration estimate
+        return sum(j.point.batch * (config.steps - j.steps) for j in jobs if j.point.task == t and j.status in
+                   ("queued", "running"))
+
+    def replan():
+        pending = [t for t in tasks if t not in done_tasks and t not in running_tasks and task_work(t) > 0]
+        if not pending:
+            return
+        total = sum(task_work(t) for t in pending) or 1
+        specs = []
+        for t in pending:
+            g = max(1, min(devices, round(devices * task_work(t) / total)))
+            specs.append(schedule.TaskSpec(t, g, task_work(t) / (g * config.capacity)))
+        fixed = list(running_tasks.values())
+        plan = schedule.plan(specs, devices, fixed=fixed, now=float(engine_step), time_limit_s=5.0, workers=1)
+        busy = {d for p in fixed for d in p.devices}
+        for p in plan.placements:
+            if p.name in running_tasks or p.start > engine_step + 1e-9:
+                continue
+            if busy & set(p.devices):
+                continue
+            running_tasks[p.name] = p
+            busy |= set(p.devices)
+            for d in p.devices:
+                device_task[d] = p.name
+
+    def admit():
+        nonlocal state
+        for d in range(devices):
+            own = range(d * per_device, (d + 1) * per_device)
+            free = [s for s in own if slot_job[s] is None]
+            if not free:
+                continue
+            task = device_task[d]
+            if placement == "cp-sat" and task is None:
+                continue
+            queue = [j for j in jobs if j.status == "queued" and (task is None or j.point.task == task)]
+            live = [jobs[slot_job[s]].point.batch for s in own if slot_job[s] is not None]
+            picks = schedule.admit([j.point for j in queue], live, config.capacity, len(free))
+            for slot, k in zip(free, picks):
+                job = queue[k]
+                job.status, job.slot = "running", slot
+                slot_job[slot] = jobs.index(job)
+                state = steps_fn.reset(state, jnp.int32(slot), jax.random.key(config.seed * 100003 + job.point.index),
+                                       jnp.int32(job.point.rank))
+
+    def slot_arrays():
+        scale = np.zeros(num_slots, np.float32)
+        lr = np.zeros(num_slots, np.float32)
+        for s, j in enumerate(slot_job):
+            if j is not None:
+                p = jobs[j].point
+                scale[s], lr[s] = config.alpha_ratio, p.lr  # alpha = alpha_ratio * r  =>  s = alpha / r
+        return scale, lr
+
+    def evaluate(due: list[int]) -> dict[int, float]:
+        """Validation loss of the jobs in `due` (their slots); the other slots ride along empty."""
+        scale, lr = slot_arrays()
+        sums = np.zeros(num_slots)
+        toks = np.zeros(num_slots)
+        longest = max(val_sets[jobs[slot_job[s]].point.task]["inputs"].shape[0] for s in due)
+        for start in range(0, longest, val_chunk):
+            per_slot = [None] * num_slots
+            for s in due:
+                arr = val_sets[jobs[slot_job[s]].point.task]
+                chunk = {k: v[start:start + val_chunk] for k, v in arr.items()}
+                if chunk["inputs"].shape[0]:
+                    per_slot[s] = chunk
+            buf, seqs = batched.pack(per_slot, devices, eval_capacity, seq_len)
+            s_sum, s_tok = steps_fn.evaluate(base, state.adapters, buf, batched.SlotInputs(seqs, scale, lr))
+            sums += np.asarray(s_sum)
+            toks += np.asarray(s_tok)
+        return {s: float(sums[s] / max(toks[s], 1.0)) for s in due}
+
+    def end(job: Job, status: str, reason: str | None):
+        nonlocal best
+        job.status, job.exit_reason = status, reason
+        slot = job.slot
+        if export:
+            adapter = jax.tree.map(lambda x: np.asarray(x[slot]), jax.device_get(best))
+            save_peft_adapter(workdir / "adapters" / f"{job.point.task}-{job.point.index}", adapter, job.point.rank,
+                              config.alpha_ratio * job.point.rank, config.targets,
+                              {"qrjax": {**job.record(), "best_step": job.best_step}})
+        slot_job[slot] = None
+        job.slot = None
+        with ended_file.open("a") as f:
+            f.write(json.dumps(job.record()) + "\n")
+        t = job.point.task
+        if placement == "cp-sat" and all(j.status in ("finished", "exited") for j in jobs if j.point.task == t):
+            done_tasks.add(t)
+            running_tasks.pop(t, None)
+            for d in range(devices):
+                if device_task[d] == t:
+                    device_task[d] = None
+            replan()
+
+    def save_checkpoint():
+        meta = {"engine_step": engine_step, "slot_job": slot_job, "device_task": device_task,
+                "done_tasks": sorted(done_tasks),
+                "running_tasks": {k: [p.start, p.end, list(p.devices)] for k, p in running_tasks.items()},
+                "underperforming": {t: [[c, v] for c, v in u.losses.items()] for t, u in underperf.items()},
+                "jobs": [{"status": j.status, "exit_reason": j.exit_reason, "steps": j.steps, "samples": j.samples,
+                          "slot": j.slot, "best_val_loss": j.best_val_loss, "best_step": j.best_step,
+                          "evals": j.evals, "monitor": _monitor_state(j.monitor)} for j in jobs]}
+        ckpt.save(engine_step, {"state": state, "best": best}, json.loads(json.dumps(meta, default=float)),
+                  force=True)
+
+    improve = jax.jit(lambda best, adapters, mask: jax.tree.map(
+        lambda b, a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), best, adapters),
+        donate_argnums=0, out_shardings=steps_fn.state_sharding.adapters)
+
+    if placement == "cp-sat" and engine_step == 0:
+        replan()
+    bar = tqdm(total=len(jobs), desc="lora tune", disable=not progress or None, dynamic_ncols=True)
+    bar.update(sum(j.status in ("finished", "exited") for j in jobs))
+    try:
+        while any(j.status in ("queued", "running") for j in jobs):
+            if max_engine_steps is not None and engine_step >= max_engine_steps:
+                break
+            if placement == "cp-sat":
+                replan()
+            admit()
+            live = [s for s in range(num_slots) if slot_job[s] is not None]
+            if not live:
+                raise RuntimeError("lora tune: configurations are queued but none fits a device (capacity "
+                                   f"{config.capacity}) or no task is placed")
+            per_slot = [None] * num_slots
+            for s in live:
+                per_slot[s] = data.batch(jobs[slot_job[s]], config.seed)
+            buf, seqs = batched.pack(per_slot, devices, config.capacity, seq_len)
+            scale, lr = slot_arrays()
+            state, losses = steps_fn.train(base, state, buf, batched.SlotInputs(seqs, scale, lr))
+            losses = np.asarray(losses)
+            engine_step += 1
+            due, diverged = [], []
+            for s in live:
+                job = jobs[slot_job[s]]
+                job.steps += 1
+                job.samples += job.point.batch
+                if job.monitor.train(float(losses[s])) is not None:
+                    diverged.append(s)
+                elif job.steps == warm or job.steps % config.eval_every == 0 or job.steps == config.steps:
+                    due.append(s)
+            for s in diverged:
+                end(jobs[slot_job[s]], "exited", "diverged")
+                bar.update(1)
+            if due:
+                vals = evaluate(due)
+                mask = np.zeros(num_slots, bool)
+                for s, v in vals.items():
+                    job = jobs[slot_job[s]]
+                    if v < job.best_val_loss:
+                        job.best_val_loss, job.best_step = v, job.steps
+                        mask[s] = True
+                if mask.any():
+                    best = improve(best, state.adapters, jnp.asarray(mask))
+                for s, v in vals.items():
+                    job = jobs[slot_job[s]]
+                    job.evals.append([job.steps, job.monitor.ema, v])
+                    reason = None
+                    if job.steps == warm and config.early_exit:
+                        if not underperf[job.point.task].report(job.point.index, v):
+                            reason = "underperforming"
+                    if reason is None and (job.steps % config.eval_every == 0 or job.steps == config.steps):
+                        reason = job.monitor.evaluate(job.steps, v)
+                    if reason is not None:
+                        end(job, "exited", reason)
+                        bar.update(1)
+                    elif job.steps >= config.steps:
+                        end(job, "finished", None)
+                        bar.update(1)
+            live_n = sum(j.status == "running" for j in jobs)
+            bar.set_postfix(live=live_n, exited=sum(j.status == "exited" for j in jobs),
+                            queued=sum(j.status == "queued" for j in jobs))
+            if engine_step % config.checkpoint_every == 0:
+                save_checkpoint()
+        if max_engine_steps is not None and any(j.status in ("queued", "running") for j in jobs):
+            save_checkpoint()
+    finally:
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+    summary = _summary(jobs, tasks, engine_step, time.perf_counter() - t0, config, placement)
+    if not any(j.status in ("queued", "running") for j in jobs):
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _summary(jobs, tasks, engine_step, seconds, config, placement) -> dict:
+    best = {}
+    for t in tasks:
+        vals = [(j.best_val_loss, j.point.index) for j in jobs if j.point.task == t and math.isfinite(j.best_val_loss)]
+        if vals:
+            v, idx = min(vals)
+            best[t] = {"best_val_loss": v, "index": idx}
+    return {"configs": [j.record() for j in jobs], "best": best,
+            "samples": int(sum(j.samples for j in jobs)), "engine_steps": engine_step,
+            "exits": {r: sum(j.exit_reason == r for j in jobs) for r in ("diverged", "overfit", "underperforming")},
+            "bad_lines": [line for t in tasks.values() for line in t.bad_lines], "seconds": round(seconds, 3),
+            "early_exit": config.early_exit, "slots": config.slots, "devices": config.devices, "placement": placement}

@@ -285,10 +285,12 @@ def _parse_record(raw: bytes, limit: int, limit_name: str) -> tuple[Example | No
     return example, None
 
 
-def resolve_task(spec: str, seed: int = 0, *, seq_len: int | None = None) -> Task:
-    """A built-in task name (`TASKS`, via make_task) or the path of a .jsonl file (via load_jsonl_task)."""
+def resolve_task(spec: str, seed: int = 0, *, seq_len: int | None = None, num_train: int = 2048,
+                 num_val: int = 128) -> Task:
+    """A built-in task name (`TASKS`, via make_task with num_train / num_val examples) or the path of a .jsonl file
+    (via load_jsonl_task)."""
     if spec in _GENERATORS:
-        return make_task(spec, seed=seed, seq_len=seq_len)
+        return make_task(spec, seed=seed, seq_len=seq_len, num_train=num_train, num_val=num_val)
     if str(spec).endswith(".jsonl") or Path(spec).is_file():
         return load_jsonl_task(spec, seed=seed, seq_len=seq_len)
     raise ValueError(f"unknown task {spec!r}; choose from {list(TASKS)} or the path of a .jsonl file")

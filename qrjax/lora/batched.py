@@ -22,6 +22,7 @@ capacity, N = devices x slots.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -163,7 +164,17 @@ class Steps(NamedTuple):
 
 
 def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
-    """The jitted train / eval / reset functions on `mesh` (one axis, AXIS; one device or many)."""
+    """The jitted train / eval / reset functions on `mesh` (one axis, AXIS; one device or many).
+
+    Cached on the fields the programs depend on, so runs that differ only in steps, seeds, slots' contents or early
+    exit (an experiment's arms, a resumed run) reuse one compilation."""
+    program = dataclasses.replace(TuneConfig(), targets=tuple(config.targets), rank_max=config.rank_max,
+                                  impl=config.impl, weight_decay=config.weight_decay, grad_clip=config.grad_clip)
+    return _make_steps(program, model_config, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
     model = Llama(model_config, impl=config.impl)
     slot_sharding = NamedSharding(mesh, P(AXIS))
     replicated = NamedSharding(mesh, P())

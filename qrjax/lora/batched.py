@@ -91,7 +91,9 @@ def make_tx(config: TuneConfig) -> optax.GradientTransformation:
     """The per-adapter optimiser at learning rate 1 (the shared trainer's AdamW, constant schedule, clipping per
     adapter); each slot's update is then scaled by its own learning rate, which is what AdamW at that rate does
     (optax scales the decayed-weight term by the learning rate too)."""
-    return make_optimizer("adamw", 1.0, max(config.steps, 2), 0, end_learning_rate=1.0,
+    # constant: the schedule's length does not matter, and one length keeps one (cached) transformation, static
+    # metadata of the state, for every run
+    return make_optimizer("adamw", 1.0, 2, 0, end_learning_rate=1.0,
                           weight_decay=config.weight_decay, grad_clip=config.grad_clip or None)
 
 

@@ -37,7 +37,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from qrjax.lora.config import LlamaConfig, TuneConfig
 from qrjax.lora.model import Llama, LoraInputs
 from qrjax.lora.multilora import row_groups
-from qrjax.train.optim import make_optimizer
 
 AXIS = "adapters"
 
@@ -87,19 +86,10 @@ def init_adapter(key: jax.Array, model_config: LlamaConfig, targets, rank, rank_
     return jax.tree.unflatten(treedef, out)
 
 
-def make_tx(config: TuneConfig) -> optax.GradientTransformation:
-    """The per-adapter optimiser at learning rate 1 (the shared trainer's AdamW, constant schedule, clipping per
-    adapter); each slot's update is then scaled by its own learning rate, which is what AdamW at that rate does
-    (optax scales the decayed-weight term by the learning rate too)."""
-    # constant: the schedule's length does not matter, and one length keeps one (cached) transformation, static
-    # metadata of the state, for every run
-    return make_optimizer("adamw", 1.0, 2, 0, end_learning_rate=1.0,
-                          weight_decay=config.weight_decay, grad_clip=config.grad_clip or None)
-
-
-def init_slots(config: TuneConfig, model_config: LlamaConfig, num_slots: int) -> SlotState:
-    """num_slots empty slots (zero adapters, fresh optimiser states)."""
-    tx = make_tx(config)
+def init_slots(config: TuneConfig, model_config: LlamaConfig, num_slots: int, tx: optax.GradientTransformation
+               ) -> SlotState:
+    """num_slots empty slots (zero adapters, fresh optimiser states of `tx`, the per-adapter optimiser at learning
+    rate 1: each slot's update is scaled by its own rate)."""
     single = init_adapter(jax.random.key(0), model_config, config.targets, 0, config.rank_max)
     adapters = jax.tree.map(lambda x: jnp.zeros((num_slots,) + x.shape, x.dtype), single)
     return SlotState(adapters=adapters, opt_state=jax.vmap(tx.init)(adapters), tx=tx)
@@ -165,18 +155,18 @@ class Steps(NamedTuple):
     replicated: Any
 
 
-def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
+def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx: optax.GradientTransformation) -> Steps:
     """The jitted train / eval / reset functions on `mesh` (one axis, AXIS; one device or many).
 
     Cached on the fields the programs depend on, so runs that differ only in steps, seeds, slots' contents or early
     exit (an experiment's arms, a resumed run) reuse one compilation."""
     program = dataclasses.replace(TuneConfig(), targets=tuple(config.targets), rank_max=config.rank_max,
                                   impl=config.impl, weight_decay=config.weight_decay, grad_clip=config.grad_clip)
-    return _make_steps(program, model_config, mesh)
+    return _make_steps(program, model_config, mesh, tx)
 
 
 @functools.lru_cache(maxsize=16)
-def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
+def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx) -> Steps:
     model = Llama(model_config, impl=config.impl)
     slot_sharding = NamedSharding(mesh, P(AXIS))
     replicated = NamedSharding(mesh, P())
@@ -189,7 +179,7 @@ def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
     evaluate = jax.shard_map(functools.partial(local_eval_step, model), mesh=mesh,
                              in_specs=(P(), P(AXIS), {"inputs": P(AXIS), "targets": P(AXIS), "mask": P(AXIS)},
                                        slot_specs), out_specs=(P(AXIS), P(AXIS)), check_vma=False)
-    template = init_slots(config, model_config, 1)
+    template = init_slots(config, model_config, 1, tx)
     state_sharding = jax.tree.map(lambda _: slot_sharding, template)
 
     def reset(state: SlotState, slot, key, rank):

@@ -25,7 +25,7 @@ def cmd_tune(args) -> int:
     from qrjax.lora.backbone import resolve_backbone
     from qrjax.lora.config import get_tune_config
     from qrjax.lora.tasks import default_grid, load_grid, resolve_task
-    from qrjax.lora.tune import tune
+    from qrjax.lora.train import tune
     from qrjax.train.export import check_workdir_run
 
     overrides = list(args.set)

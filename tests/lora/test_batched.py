@@ -14,6 +14,7 @@ from qrjax.lora.config import PROJECTIONS, LlamaConfig, TuneConfig
 from qrjax.lora.model import Llama, init_backbone
 from qrjax.lora.multilora import lora_delta
 from qrjax.parallel import make_mesh
+from qrjax.lora.train import make_tx
 from qrjax.train.optim import make_optimizer
 
 MODEL = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_layers=1, num_heads=4, num_kv_heads=2,
@@ -44,8 +45,8 @@ def _scale(rank):
 
 def _run_batched(base, data, devices, slot_of, num_slots, capacity):
     """Train the three adapters in slots slot_of[j] of a num_slots-slot state on `devices` devices."""
-    steps = batched.make_steps(CONFIG, MODEL, _mesh(devices))
-    state = jax.device_put(batched.init_slots(CONFIG, MODEL, num_slots), steps.state_sharding)
+    steps = batched.make_steps(CONFIG, MODEL, _mesh(devices), make_tx(CONFIG))
+    state = jax.device_put(batched.init_slots(CONFIG, MODEL, num_slots, make_tx(CONFIG)), steps.state_sharding)
     for j, rank in enumerate(RANKS):
         state = steps.reset(state, jnp.int32(slot_of[j]), jax.random.key(10 + j), jnp.int32(rank))
     base = jax.device_put(base, steps.replicated)
@@ -185,14 +186,14 @@ def test_adapter_per_device_equals_one_device(base, one_device):
 
 
 def _lower_args(base, steps, devices, capacity):
-    state = jax.device_put(batched.init_slots(CONFIG, MODEL, 4), steps.state_sharding)
+    state = jax.device_put(batched.init_slots(CONFIG, MODEL, 4, make_tx(CONFIG)), steps.state_sharding)
     buf, seqs = batched.pack([None] * 4, devices, capacity, SEQ)
     return base, state, buf, batched.SlotInputs(seqs, np.zeros(4, np.float32), np.zeros(4, np.float32))
 
 
 def test_backfill_does_not_recompile(base):
-    steps = batched.make_steps(CONFIG, MODEL, _mesh(1))
-    state = jax.device_put(batched.init_slots(CONFIG, MODEL, 4), steps.state_sharding)
+    steps = batched.make_steps(CONFIG, MODEL, _mesh(1), make_tx(CONFIG))
+    state = jax.device_put(batched.init_slots(CONFIG, MODEL, 4, make_tx(CONFIG)), steps.state_sharding)
     rng = np.random.default_rng(0)
     for step, (slot, rank, sizes) in enumerate([(0, 2, (3, 0, 0, 0)), (1, 8, (3, 5, 0, 0)), (0, 4, (1, 5, 4, 0)),
                                                 (3, 1, (0, 5, 4, 2))]):

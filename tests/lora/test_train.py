@@ -13,7 +13,7 @@ from qrjax.lora.backbone import save_backbone
 from qrjax.lora.config import LlamaConfig, get_tune_config
 from qrjax.lora.model import init_backbone
 from qrjax.lora.tasks import Grid, make_task
-from qrjax.lora.tune import tune
+from qrjax.lora.train import tune
 
 MODEL = LlamaConfig(hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4, num_kv_heads=2)
 CONFIG = dataclasses.replace(get_tune_config("tiny"), steps=12, eval_every=4, capacity=8, slots=4, early_exit=False,

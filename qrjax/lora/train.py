@@ -41,6 +41,7 @@ from qrjax.lora.early_exit import EarlyExitConfig, Monitor, Underperforming, war
 from qrjax.lora.tasks import GridPoint, Task, encode_examples
 from qrjax.parallel import make_mesh
 from qrjax.train.checkpoint import Checkpointer
+from qrjax.train.optim import make_optimizer
 
 STATUSES = ("queued", "running", "finished", "exited")
 
@@ -120,6 +121,15 @@ def save_peft_adapter(directory: str | Path, adapter: dict, rank: int, alpha: fl
     return directory
 
 
+def make_tx(config: TuneConfig):
+    """The per-adapter optimiser at learning rate 1 (the shared trainer's AdamW, constant schedule, clipping per
+    adapter); each slot's update is then scaled by its own learning rate, which is what AdamW at that rate does
+    (optax scales the decayed-weight term by the learning rate too). Constant: the schedule's length does not
+    matter, and one length keeps one (cached) transformation, static metadata of the state, for every run."""
+    return make_optimizer("adamw", 1.0, 2, 0, end_learning_rate=1.0, weight_decay=config.weight_decay,
+                          grad_clip=config.grad_clip or None)
+
+
 def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequence[GridPoint], config: TuneConfig,
          workdir: str | Path, *, placement: str = "queue", progress: bool = True, max_engine_steps: int | None = None,
          export: bool = True) -> dict:
@@ -144,7 +154,8 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     if len(jax.devices()) < devices:
         raise ValueError(f"devices {devices}: only {len(jax.devices())} available")
     mesh = make_mesh((devices,), (batched.AXIS,), devices=jax.devices()[:devices])
-    steps_fn = batched.make_steps(config, model_config, mesh)
+    tx = make_tx(config)
+    steps_fn = batched.make_steps(config, model_config, mesh, tx)
     data = _Data(tasks)
     seq_len = data.seq_len
     ee = EarlyExitConfig(enabled=config.early_exit, ema_alpha=config.ema_alpha)
@@ -158,7 +169,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     done_tasks: set[str] = set()
     engine_step = 0
 
-    state = jax.device_put(batched.init_slots(config, model_config, num_slots), steps_fn.state_sharding)
+    state = jax.device_put(batched.init_slots(config, model_config, num_slots, tx), steps_fn.state_sharding)
     best = jax.device_put(jax.tree.map(np.zeros_like, jax.device_get(state.adapters)), steps_fn.state_sharding.adapters)
     base = jax.device_put(base, steps_fn.replicated)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=1)

@@ -153,6 +153,7 @@ class Steps(NamedTuple):
     state_sharding: Any
     slot_sharding: Any
     replicated: Any
+    base_sharding: Any  # the backbone's placement: replicated, or split over AXIS with shard_backbone
 
 
 def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx: optax.GradientTransformation) -> Steps:
@@ -161,7 +162,8 @@ def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx: optax.Gr
     Cached on the fields the programs depend on, so runs that differ only in steps, seeds, slots' contents or early
     exit (an experiment's arms, a resumed run) reuse one compilation."""
     program = dataclasses.replace(TuneConfig(), targets=tuple(config.targets), rank_max=config.rank_max,
-                                  impl=config.impl, weight_decay=config.weight_decay, grad_clip=config.grad_clip)
+                                  impl=config.impl, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                                  shard_backbone=config.shard_backbone)
     return _make_steps(program, model_config, mesh, tx)
 
 
@@ -172,13 +174,25 @@ def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx) -> Step
     replicated = NamedSharding(mesh, P())
     batch_specs = {"inputs": P(AXIS), "targets": P(AXIS), "mask": P(AXIS)}
     slot_specs = SlotInputs(P(AXIS), P(AXIS), P(AXIS))
-    # no collective inside: every device trains its own adapters on its own sequences
-    train = jax.shard_map(functools.partial(local_train_step, model), mesh=mesh,
-                          in_specs=(P(), P(AXIS), batch_specs, slot_specs), out_specs=(P(AXIS), P(AXIS)),
+    base_specs = backbone_specs(model_config, mesh.shape[AXIS] if config.shard_backbone else 1)
+
+    def gathered(fn):
+        # a sharded backbone is all-gathered into whole weights, one program-wide gather per leaf (the frozen
+        # weights need no gradient, so backward adds no reduce-scatter); replicated leaves pass through
+        def local(base, *args):
+            base = jax.tree.map(lambda w, spec: jax.lax.all_gather(w, AXIS, axis=0, tiled=True) if spec != P() else w,
+                                base, base_specs)
+            return fn(base, *args)
+
+        return local
+
+    # without shard_backbone no collective at all: every device trains its own adapters on its own sequences
+    train = jax.shard_map(gathered(functools.partial(local_train_step, model)), mesh=mesh,
+                          in_specs=(base_specs, P(AXIS), batch_specs, slot_specs), out_specs=(P(AXIS), P(AXIS)),
                           check_vma=False)
-    evaluate = jax.shard_map(functools.partial(local_eval_step, model), mesh=mesh,
-                             in_specs=(P(), P(AXIS), {"inputs": P(AXIS), "targets": P(AXIS), "mask": P(AXIS)},
-                                       slot_specs), out_specs=(P(AXIS), P(AXIS)), check_vma=False)
+    evaluate = jax.shard_map(gathered(functools.partial(local_eval_step, model)), mesh=mesh,
+                             in_specs=(base_specs, P(AXIS), batch_specs, slot_specs), out_specs=(P(AXIS), P(AXIS)),
+                             check_vma=False)
     template = init_slots(config, model_config, 1, tx)
     state_sharding = jax.tree.map(lambda _: slot_sharding, template)
 
@@ -192,7 +206,17 @@ def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx) -> Step
     return Steps(train=jax.jit(train, donate_argnums=1, out_shardings=(state_sharding, slot_sharding)),
                  evaluate=jax.jit(evaluate, out_shardings=(slot_sharding, slot_sharding)),
                  reset=jax.jit(reset, donate_argnums=0, out_shardings=state_sharding),
-                 mesh=mesh, state_sharding=state_sharding, slot_sharding=slot_sharding, replicated=replicated)
+                 mesh=mesh, state_sharding=state_sharding, slot_sharding=slot_sharding, replicated=replicated,
+                 base_sharding=jax.tree.map(lambda spec: NamedSharding(mesh, spec), base_specs))
+
+
+def backbone_specs(model_config: LlamaConfig, devices: int):
+    """PartitionSpecs of the backbone's leaves: with devices > 1 (shard_backbone) every leaf whose first dimension
+    the devices divide is split along it over AXIS (FSDP-style: each device stores 1/devices of it), the rest
+    replicated; with devices = 1 everything replicated."""
+    shapes = jax.eval_shape(lambda: Llama(model_config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+    return jax.tree.map(lambda x: P(AXIS) if devices > 1 and x.shape[0] % devices == 0 else P(),
+                        shapes["params"])
 
 
 def pack(batches, devices: int, capacity: int, seq_len: int):

@@ -130,6 +130,25 @@ def make_tx(config: TuneConfig):
                           grad_clip=config.grad_clip or None)
 
 
+def measure_capacity(steps_fn: batched.Steps, config: TuneConfig, model_config: LlamaConfig, base, tx, seq_len: int,
+                     batches: Sequence[int] = (4, 8, 16, 32)) -> tuple[int, schedule.MemoryModel, list]:
+    """ALTO's memory model on this run's own program: the train step compiled for a buffer of B sequences per device
+    for each B in `batches`, its bytes per device from XLA's accounting (`schedule.measure_memory`), the fit
+    M(B) = k0 + k1·B·L, and the largest B within config.memory_budget_mb with the safety margin
+    -> (capacity, model, points)."""
+    num = config.devices * config.slots
+    state = jax.device_put(batched.init_slots(config, model_config, num, tx), steps_fn.state_sharding)
+    zeros = np.zeros(num, np.float32)
+
+    def build(b):
+        buf, seqs = batched.pack([None] * num, config.devices, b, seq_len)
+        return steps_fn.train.lower(base, state, buf, batched.SlotInputs(seqs, zeros, zeros)).compile()
+
+    points = schedule.measure_memory(build, batches, seq_len)
+    model = schedule.MemoryModel.fit(points)
+    return model.capacity(config.memory_budget_mb * 2**20, seq_len, config.memory_margin), model, points
+
+
 def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequence[GridPoint], config: TuneConfig,
          workdir: str | Path, *, placement: str = "queue", progress: bool = True, max_engine_steps: int | None = None,
          export: bool = True) -> dict:
@@ -145,7 +164,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
             raise ValueError(f"configuration {p.label}: unknown task {p.task!r}; tasks: {sorted(tasks)}")
         if p.rank > config.rank_max:
             raise ValueError(f"configuration {p.label}: rank {p.rank} > rank_max {config.rank_max}")
-        if p.batch > config.capacity:
+        if p.batch > config.capacity and not config.memory_budget_mb:
             raise ValueError(f"configuration {p.label}: batch {p.batch} > capacity {config.capacity} sequences")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,9 +188,20 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     done_tasks: set[str] = set()
     engine_step = 0
 
+    base = jax.device_put(base, steps_fn.base_sharding)
+    memory = None
+    if config.memory_budget_mb > 0:
+        capacity, fitted, measured = measure_capacity(steps_fn, config, model_config, base, tx, seq_len)
+        memory = {"k0": fitted.k0, "k1": fitted.k1, "r2": fitted.r_squared(measured), "points": measured,
+                  "budget_mb": config.memory_budget_mb, "margin": config.memory_margin, "capacity": capacity}
+        largest = max(p.batch for p in points)
+        if capacity < largest:
+            raise ValueError(f"memory_budget_mb {config.memory_budget_mb}: the memory model (k0 {fitted.k0:.0f} B, "
+                             f"k1 {fitted.k1:.1f} B per token) fits {capacity} sequences per device, fewer than the "
+                             f"largest batch {largest}")
+        config = dataclasses.replace(config, capacity=capacity)
     state = jax.device_put(batched.init_slots(config, model_config, num_slots, tx), steps_fn.state_sharding)
     best = jax.device_put(jax.tree.map(np.zeros_like, jax.device_get(state.adapters)), steps_fn.state_sharding.adapters)
-    base = jax.device_put(base, steps_fn.replicated)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=1)
     if ckpt.latest_step is not None:
         restored, meta = ckpt.restore({"state": state, "best": best})
@@ -381,6 +411,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         ckpt.wait()
         ckpt.close()
     summary = _summary(jobs, tasks, engine_step, time.perf_counter() - t0, config, placement)
+    summary["memory_model"] = memory
     if not any(j.status in ("queued", "running") for j in jobs):
         (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -397,4 +428,5 @@ def _summary(jobs, tasks, engine_step, seconds, config, placement) -> dict:
             "samples": int(sum(j.samples for j in jobs)), "engine_steps": engine_step,
             "exits": {r: sum(j.exit_reason == r for j in jobs) for r in ("diverged", "overfit", "underperforming")},
             "bad_lines": [line for t in tasks.values() for line in t.bad_lines], "seconds": round(seconds, 3),
-            "early_exit": config.early_exit, "slots": config.slots, "devices": config.devices, "placement": placement}
+            "early_exit": config.early_exit, "slots": config.slots, "devices": config.devices, "placement": placement,
+            "capacity": config.capacity, "shard_backbone": config.shard_backbone}

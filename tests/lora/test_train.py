@@ -140,3 +140,26 @@ def test_cli_tune_json(setup, tmp_path, capsys):
     with pytest.raises(SystemExit, match="steps"):
         main(["lora", "tune", "--backbone", str(tmp_path / "bb"), "--tasks", f"reverse,{data}", "--grid", str(grid),
               "--preset", "tiny", "--steps", "6", "--workdir", str(tmp_path / "w"), "--quiet"])
+
+
+def test_capacity_from_the_memory_model(setup, tmp_path):
+    """ALTO's M(B) = k0 + k1·B·L fitted on the run's own compiled step: the capacity is the largest B whose
+    prediction, with the margin, fits the budget; a budget below the largest batch is refused."""
+    backbone, tasks, points = setup
+    some = points[:4]
+    seq_len = max(t.seq_len for t in tasks.values())
+    probe = tune(backbone, tasks, some, dataclasses.replace(CONFIG, memory_budget_mb=1e6, steps=2), tmp_path / "p",
+                 progress=False, export=False)
+    m = probe["memory_model"]
+    assert m["r2"] > 0.99 and m["k1"] > 0
+    for b, length, nbytes in m["points"]:
+        assert length == seq_len and abs(m["k0"] + m["k1"] * b * length - nbytes) < 0.05 * nbytes
+    # a budget that fits exactly 6 sequences per device with the 10 % margin
+    budget = (m["k0"] + m["k1"] * 6.5 * seq_len) * (1 + CONFIG.memory_margin) / 2**20
+    run = tune(backbone, tasks, some, dataclasses.replace(CONFIG, memory_budget_mb=budget, steps=2), tmp_path / "r",
+               progress=False, export=False)
+    assert run["capacity"] == 6 and all(c["status"] == "finished" for c in run["configs"])
+    tight = (m["k0"] + m["k1"] * 3.5 * seq_len) * (1 + CONFIG.memory_margin) / 2**20
+    with pytest.raises(ValueError, match="fewer than the largest batch 4"):
+        tune(backbone, tasks, some, dataclasses.replace(CONFIG, memory_budget_mb=tight, steps=2), tmp_path / "t",
+             progress=False, export=False)

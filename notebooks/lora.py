@@ -100,7 +100,7 @@ for step, (train, val) in enumerate([(2.0, 2.1), (1.6, 1.7), (1.4, 1.5), (1.5, 1
 # back-filled at once, without recompiling.
 
 # %%
-config = get_tune_config("tiny" if SMOKE else "cpu")
+config = dataclasses.replace(get_tune_config("tiny" if SMOKE else "cpu"), rank_max=8)  # the grid's largest rank
 names = ["reverse", "recall"]
 tasks = {n: make_task(n, num_train=config.num_train, num_val=config.num_val) for n in names}
 points = default_grid().configs(names)

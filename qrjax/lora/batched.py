@@ -109,7 +109,7 @@ def slot_losses(logits, targets, mask, seqs):
 
 def _forward_losses(model, base, adapters, batch, slots: SlotInputs):
     tokens_per_seq = batch["inputs"].shape[1]
-    lora = LoraInputs(adapters, slots.seqs * tokens_per_seq, slots.scale)
+    lora = LoraInputs(adapters, slots.seqs * tokens_per_seq, slots.scale, tokens_per_seq)
     logits = model.apply({"params": base}, batch["inputs"], lora)
     return slot_losses(logits, batch["targets"], batch["mask"], slots.seqs)
 

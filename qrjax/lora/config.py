@@ -109,7 +109,8 @@ class TuneConfig:
     shard_backbone: bool = False  # split the frozen backbone over the devices (when it does not fit on one)
     memory_budget_mb: float = 0.0  # > 0: capacity from ALTO's memory model M(B) = k0 + k1 B L fitted on the
     # compiled step (per device), the largest B with M(B) (1 + memory_margin) <= the budget; 0: `capacity` as given
-    impl: str = "ragged"  # the grouped matmul (qrjax.lora.multilora.IMPLS)
+    impl: str = "auto"  # the grouped matmul (qrjax.lora.multilora.IMPLS; auto: per-sequence gather on CPU,
+    # lax.ragged_dot elsewhere)
     checkpoint_every: int = 100  # engine steps between checkpoints of a resumable run
     seed: int = 0
 

@@ -82,7 +82,7 @@ def greedy_complete(config: LlamaConfig, params, prompts: Sequence[str], max_new
         if int(np.sum(np.asarray(lora.group_sizes))) > len(prompts):
             raise ValueError(f"greedy_complete: lora.group_sizes sum to {int(np.sum(np.asarray(lora.group_sizes)))}"
                              f" prompts, only {len(prompts)} given")
-        lora = lora._replace(group_sizes=jnp.asarray(lora.group_sizes, jnp.int32) * length)
+        lora = lora.replace(group_sizes=jnp.asarray(lora.group_sizes, jnp.int32) * length, block=length)
         batch_size = len(encoded)
     completions = []
     for start in range(0, len(encoded), batch_size):

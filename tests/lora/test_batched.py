@@ -250,3 +250,26 @@ def test_pack_rejects_overfull_device():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="capacity"):
         batched.pack([_batch(rng, 5), _batch(rng, 4)], 1, 8, SEQ)
+
+
+@pytest.mark.parametrize("impl", ["gather", "dense", "pallas"])
+def test_lora_delta_whole_blocks_values_and_gradients(impl):
+    """Groups of whole sequences (block = 2 rows), as the batched step makes them: value and gradients (x, A, B)
+    equal lax.ragged_dot's; rows past the groups get 0."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(14, 6)), jnp.float32)
+    a = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(4, 3, 5)), jnp.float32)
+    sizes = jnp.asarray([4, 0, 6, 2], jnp.int32)
+    scale = jnp.asarray([0.5, 1.0, 2.0, 3.0], jnp.float32)
+    w = jnp.asarray(rng.normal(size=(14, 5)), jnp.float32)
+
+    def f(name):
+        return lambda x, a, b: jnp.sum(w * lora_delta(x, a, b, sizes, scale, impl=name, block=2))
+
+    np.testing.assert_allclose(lora_delta(x, a, b, sizes, scale, impl=impl, block=2),
+                               lora_delta(x, a, b, sizes, scale, impl="ragged"), rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(lora_delta(x, a, b, sizes, scale, impl=impl, block=2))[12:] == 0)
+    grads = jax.grad(f(impl), argnums=(0, 1, 2))(x, a, b)
+    for got, want in zip(grads, jax.grad(f("ragged"), argnums=(0, 1, 2))(x, a, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

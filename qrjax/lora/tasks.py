@@ -13,9 +13,10 @@ An `Example` is a `(prompt, completion)` pair of strings. `encode_examples` lays
 `inputs = seq[:-1]`, `targets = seq[1:]`; the loss mask is 1 exactly where the target is a completion token or the
 final EOS (the loss covers the completion only, as in supervised fine-tuning). Prompt and completion are encoded
 apart and concatenated: a subword tokenizer given the joined text may merge across the boundary ("sort:ab" + "cd"
-as "sort:abcd" may hold a token "bc"), which would leave no token boundary between prompt and completion. A tokenizer that marks the
-start of a text (SentencePiece's "▁" prefix in Llama 1/2's tokenizer.json) therefore marks the completion's start
-too: the model learns the completion as if it began a text, and `decode` of the completion's tokens gives it back.
+as "sort:abcd" may hold a token "bc"), which would leave no token boundary between prompt and completion. A
+tokenizer that marks the start of a text (SentencePiece's "▁" prefix in Llama 1/2's tokenizer.json) therefore
+marks the completion's start too: the model learns the completion as if it began a text, and `decode` of the
+completion's tokens gives it back.
 
 Built-in tasks (`TASKS`), deterministic in their seed and different in difficulty and length:
 - "arithmetic": two-digit addition or subtraction, "37+58=" -> "95", "12-40=" -> "-28";
@@ -132,12 +133,12 @@ class HFTokenizer:
     without truncation or padding (a copy of the tokenizer with both switched off is used when the file enables
     them). `vocab_size` is the largest id in the vocabulary, added tokens included, plus one. pad_id None means
     eos_id (Llama ships no pad token). Two HFTokenizers are equal when their tokenizer JSON and special ids are
-    (the name, e.g. the file path, is left out).
+    (the name, e.g. the file path, is left out). A special id may be given as its token string ("<s>").
 
-    Raises ValueError naming `name` for a special id that is not an integer inside the vocabulary."""
+    Raises ValueError naming `name` for a special id outside the vocabulary or a token string not in it."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos_id: int, eos_id: int, pad_id: int | None = None,
-                 name: str = "tokenizer"):
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos_id: int | str, eos_id: int | str,
+                 pad_id: int | str | None = None, name: str = "tokenizer"):
         if tokenizer.truncation is not None or tokenizer.padding is not None:
             # a tokenizer.json saved with truncation would cut long examples silently; keep the caller's untouched
             tokenizer = type(tokenizer).from_str(tokenizer.to_str())
@@ -150,15 +151,22 @@ class HFTokenizer:
         self.name = str(name)
         self.vocab_size = max(vocab.values()) + 1
         pad_id = eos_id if pad_id is None else pad_id
+        ids = {}
         for what, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+            if isinstance(value, str):
+                token, value = value, tokenizer.token_to_id(value)
+                if value is None:
+                    raise ValueError(f"tokenizer {self.name}: {what} {token!r} is not a token of its vocabulary")
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < self.vocab_size:
                 raise ValueError(f"tokenizer {self.name}: {what} must be an id of its vocabulary (0.."
                                  f"{self.vocab_size - 1}), got {value!r}")
-        self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
+            ids[what] = int(value)
+        self.bos_id, self.eos_id, self.pad_id = ids["bos_id"], ids["eos_id"], ids["pad_id"]
         self._key = (hashlib.sha256(tokenizer.to_str().encode()).hexdigest(), self.bos_id, self.eos_id, self.pad_id)
 
     @classmethod
-    def from_file(cls, path: str | Path, *, bos_id: int, eos_id: int, pad_id: int | None = None) -> HFTokenizer:
+    def from_file(cls, path: str | Path, *, bos_id: int | str, eos_id: int | str,
+                  pad_id: int | str | None = None) -> HFTokenizer:
         """`tokenizers.Tokenizer.from_file(path)` (a tokenizer.json) with these special ids; name = the path.
         A file the library cannot read raises ValueError naming it."""
         import tokenizers  # noqa: PLC0415 (only users of Hugging Face checkpoints pay for the import)

@@ -12,7 +12,12 @@ kernels [d_in, d_out]; Hugging Face's q/k projections are stored in the rotate-h
 uses, so no permutation of heads is needed (tests/lora/test_backbone.py checks this against a forward pass written
 in Hugging Face's convention). float16, bfloat16 and float64 tensors are converted to float32.
 
-Only numpy and the `safetensors` package are used (no torch).
+The checkpoint's tokenizer is its `tokenizer.json` (Hugging Face's fast-tokenizer file, read with the `tokenizers`
+package: `load_tokenizer`), with BOS / EOS / pad ids from config.json's bos_token_id / eos_token_id / pad_token_id,
+else from the token names in tokenizer_config.json or special_tokens_map.json; pad defaults to EOS, as in Llama. The
+shipped backbones use the byte tokenizer (`qrjax.lora.tasks.BYTE`).
+
+Only numpy and the `safetensors` and `tokenizers` packages are used (no torch, no transformers).
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from qrjax.lora.config import BACKBONES, HF_CONFIG_KEYS, LlamaConfig
+from qrjax.lora.tasks import BYTE, HFTokenizer, Tokenizer
 
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+# where a checkpoint names its special tokens when config.json gives no ids, in the order they are read
+TOKENIZER_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 SHIPPED = ("tiny",)  # backbones shipped as qrjax/lora/weights/<name>/{config.json, model.safetensors}
@@ -365,12 +374,104 @@ def resolve_backbone(spec: str | Path) -> tuple[LlamaConfig, dict]:
         return load_shipped(spec_s)
     if Path(spec_s).is_dir():
         return load_backbone(spec_s)
-    hint = (f" ({spec_s!r} is an architecture in BACKBONES without shipped weights: build random ones with "
-            "qrjax.lora.model.init_backbone)" if spec_s in BACKBONES else "")
-    raise ValueError(f"backbone {spec_s!r} is neither a shipped backbone ({', '.join(SHIPPED)}) nor a checkpoint "
-                     f"directory (config.json + model.safetensors){hint}")
+    raise _unknown_backbone(spec_s)
 
 
-__all__ = ["CONFIG_FILE", "HF_DEFAULTS", "INDEX_FILE", "SHIPPED", "WEIGHTS_FILE", "config_from_hf", "config_to_hf",
-           "hf_tensor_shapes", "load_backbone", "load_shipped", "params_to_hf", "read_header", "read_tensors",
-           "resolve_backbone", "save_backbone"]
+def _unknown_backbone(spec: str) -> ValueError:
+    hint = (f" ({spec!r} is an architecture in BACKBONES without shipped weights: build random ones with "
+            "qrjax.lora.model.init_backbone)" if spec in BACKBONES else "")
+    return ValueError(f"backbone {spec!r} is neither a shipped backbone ({', '.join(SHIPPED)}) nor a checkpoint "
+                      f"directory (config.json + model.safetensors){hint}")
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _special_token(directory: Path, kind: str) -> int | str | None:
+    """The id (config.json's `<kind>_token_id`) or token string (`<kind>_token` of the tokenizer config files) of a
+    special token; None when no file names it. A list of EOS ids (Llama 3 instruct) gives its first."""
+    config = _read_json(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}
+    value = config.get(f"{kind}_token_id")
+    if isinstance(value, list) and value:
+        value = value[0]
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{directory / CONFIG_FILE}: {kind}_token_id must be a token id, got {value!r}")
+        return value
+    for name in TOKENIZER_CONFIG_FILES:
+        if not (directory / name).is_file():
+            continue
+        token = _read_json(directory / name).get(f"{kind}_token")
+        if isinstance(token, dict):  # a serialised AddedToken
+            token = token.get("content")
+        if token is not None:
+            if not isinstance(token, str):
+                raise ValueError(f"{directory / name}: {kind}_token must be a token string, got {token!r}")
+            return token
+    return None
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a backbone: a shipped name (SHIPPED) -> the byte tokenizer `BYTE`; a checkpoint directory ->
+    an `HFTokenizer` over its tokenizer.json, with bos / eos / pad ids from config.json (bos_token_id, eos_token_id,
+    pad_token_id), else from tokenizer_config.json / special_tokens_map.json (bos_token, eos_token, pad_token); pad
+    defaults to eos.
+
+    Raises ValueError naming the directory for a missing directory, a missing tokenizer.json (saying so, and how to
+    write one when only SentencePiece's tokenizer.model is there), no BOS or EOS named anywhere, or a special token
+    outside the vocabulary."""
+    if str(path) in SHIPPED:
+        return BYTE
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"checkpoint {directory}: not a directory (nor a shipped backbone: {', '.join(SHIPPED)})")
+    file = directory / TOKENIZER_FILE
+    if not file.is_file():
+        hint = ("; it holds tokenizer.model, a SentencePiece model: write tokenizer.json with transformers' "
+                "AutoTokenizer.from_pretrained(dir).save_pretrained(dir)" if (directory / "tokenizer.model").is_file()
+                else "")
+        raise ValueError(f"checkpoint {directory}: no {TOKENIZER_FILE} (the Hugging Face tokenizer file the task "
+                         f"examples are encoded with){hint}")
+    ids = {kind: _special_token(directory, kind) for kind in ("bos", "eos", "pad")}
+    missing = [kind for kind in ("bos", "eos") if ids[kind] is None]
+    if missing:
+        raise ValueError(f"checkpoint {directory}: no {' and no '.join(k.upper() for k in missing)} token: "
+                         + "; ".join(f"{CONFIG_FILE} has no {k}_token_id and {' / '.join(TOKENIZER_CONFIG_FILES)} "
+                                     f"no {k}_token" for k in missing))
+    return HFTokenizer.from_file(file, bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"])
+
+
+def resolve_tokenizer(spec: str | Path) -> Tokenizer:
+    """The tokenizer of a --backbone value (see resolve_backbone): a shipped name -> `BYTE`, a checkpoint directory
+    -> load_tokenizer. Anything else raises ValueError naming the spec, as resolve_backbone does."""
+    spec_s = str(spec)
+    if spec_s in SHIPPED or Path(spec_s).is_dir():
+        return load_tokenizer(spec_s)
+    raise _unknown_backbone(spec_s)
+
+
+def check_vocab(config: LlamaConfig, tokenizer: Tokenizer) -> None:
+    """Raises ValueError, naming the tokenizer and both sizes, when an id the tokenizer can produce (its vocabulary,
+    BOS, EOS, pad) is not below the backbone's config.vocab_size (the embedding table would be indexed past its end).
+    A tokenizer smaller than the embedding table is fine (checkpoints often pad it)."""
+    top = max(tokenizer.vocab_size - 1, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+    if top >= config.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.name} (vocab_size {tokenizer.vocab_size}, ids up to {top}) does not "
+                         f"fit the backbone's config.vocab_size {config.vocab_size} (ids 0..{config.vocab_size - 1}): "
+                         "they do not belong together")
+
+
+__all__ = ["CONFIG_FILE", "HF_DEFAULTS", "INDEX_FILE", "SHIPPED", "TOKENIZER_CONFIG_FILES", "TOKENIZER_FILE",
+           "WEIGHTS_FILE", "check_vocab", "config_from_hf", "config_to_hf", "hf_tensor_shapes", "load_backbone",
+           "load_shipped", "load_tokenizer", "params_to_hf", "read_header", "read_tensors", "resolve_backbone",
+           "resolve_tokenizer", "save_backbone"]

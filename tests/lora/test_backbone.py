@@ -3,6 +3,8 @@ own convention (rotate-half RoPE, repeat_kv), the save/load round trip, sharded 
 the errors a user meets."""
 
 import json
+import re
+from types import SimpleNamespace
 
 import jax
 import ml_dtypes
@@ -11,9 +13,12 @@ import pytest
 from safetensors.numpy import save_file
 
 from qrjax.lora import backbone
-from qrjax.lora.backbone import config_from_hf, load_backbone, resolve_backbone, save_backbone
+from qrjax.lora.backbone import (check_vocab, config_from_hf, load_backbone, load_tokenizer, resolve_backbone,
+                                 resolve_tokenizer, save_backbone)
 from qrjax.lora.config import LlamaConfig
 from qrjax.lora.model import Llama, init_backbone
+from qrjax.lora.tasks import BYTE, HFTokenizer, make_task
+from tests.lora.hf_tokenizer import train_tokenizer, write_tokenizer_files
 
 # a small LlamaForCausalLM config.json, written out by hand as Hugging Face would
 HF_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 37, "hidden_size": 32,
@@ -326,3 +331,102 @@ def test_save_refuses_params_that_do_not_match_the_config(tmp_path):
         save_backbone(tmp_path / "b", LlamaConfig(tie_word_embeddings=True), params)
     with pytest.raises(ValueError, match=r"embed_tokens/embedding has shape \[259, 64\], expected \[259, 32\]"):
         save_backbone(tmp_path / "c", LlamaConfig(hidden_size=32, intermediate_size=176), params)
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    return train_tokenizer("bytelevel")  # 300 learned tokens, then <s> 300, </s> 301, [PAD] 302
+
+
+def test_load_tokenizer_reads_the_checkpoints_tokenizer_and_special_ids(tmp_path, hf_tokenizer):
+    hf = {**HF_CONFIG, "vocab_size": 320, "bos_token_id": 300, "eos_token_id": 301}
+    ckpt = write_checkpoint(tmp_path / "c", hf, hf_tensors(hf, np.random.default_rng(0)))
+    write_tokenizer_files(ckpt, hf_tokenizer)
+    tok = load_tokenizer(ckpt)
+    assert isinstance(tok, HFTokenizer) and tok.name == str(ckpt / "tokenizer.json")
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size) == (300, 301, 301, 303)  # no pad: Llama's eos
+    for text in ("37+58=", "reverse:abc=cba", "héllo wörld"):
+        assert tok.encode(text) == hf_tokenizer.encode(text, add_special_tokens=False).ids
+    assert resolve_tokenizer(ckpt) == tok and resolve_tokenizer(str(ckpt)) == tok
+    config, _ = resolve_backbone(ckpt)
+    check_vocab(config, tok)  # 303 ids into a 320-row embedding (checkpoints often pad it)
+    # the example encoding reaches the backbone with this checkpoint's BOS and EOS
+    out = make_task("reverse", num_train=8, num_val=2, tokenizer=tok).encode("train")
+    assert (out["inputs"][:, 0] == 300).all() and (out["targets"][out["mask"] == 1] == 301).sum() == 8
+    assert out["inputs"].max() < config.vocab_size
+
+
+def test_special_ids_fall_back_to_the_tokenizer_configs(tmp_path, hf_tokenizer):
+    added = {"__type": "AddedToken", "content": "<s>", "lstrip": False, "normalized": False, "rstrip": False,
+             "single_word": False}
+    # config.json wins where it names an id; a null or missing one falls through to tokenizer_config.json
+    a = write_tokenizer_files(tmp_path / "a", hf_tokenizer, config={"bos_token_id": None, "eos_token_id": 302},
+                              tokenizer_config={"bos_token": added, "eos_token": "<s>", "pad_token": "[PAD]"})
+    assert (load_tokenizer(a).bos_id, load_tokenizer(a).eos_id, load_tokenizer(a).pad_id) == (300, 302, 302)
+    # then special_tokens_map.json; no config.json at all is fine
+    b = write_tokenizer_files(tmp_path / "b", hf_tokenizer, tokenizer_config={"model_max_length": 512},
+                              special_tokens_map={"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                                                  "pad_token": "[PAD]"})
+    assert (load_tokenizer(b).bos_id, load_tokenizer(b).eos_id, load_tokenizer(b).pad_id) == (300, 301, 302)
+    # Llama 3 instruct lists several EOS ids: the encoding appends the first
+    c = write_tokenizer_files(tmp_path / "c", hf_tokenizer, config={"bos_token_id": 300, "eos_token_id": [301, 302]})
+    assert load_tokenizer(c).eos_id == 301
+
+
+def test_load_tokenizer_errors_name_the_folder_and_what_is_missing(tmp_path, hf_tokenizer):
+    assert load_tokenizer("tiny") is BYTE and resolve_tokenizer("tiny") is BYTE
+    with pytest.raises(ValueError, match=r"checkpoint .*nowhere: not a directory"):
+        load_tokenizer(tmp_path / "nowhere")
+    bare = write_checkpoint(tmp_path / "bare", HF_CONFIG, hf_tensors(HF_CONFIG, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(bare))}: no tokenizer.json \(the Hugging Face "
+                                         r"tokenizer file the task examples are encoded with\)$"):
+        load_tokenizer(bare)
+    (bare / "tokenizer.model").write_bytes(b"\x00")
+    with pytest.raises(ValueError, match=r"encoded with\); it holds tokenizer.model, a SentencePiece model: write "):
+        resolve_tokenizer(bare)
+    for spec in ("tinyy", str(tmp_path / "nowhere")):
+        with pytest.raises(ValueError, match=r"neither a shipped backbone \(tiny\) nor a checkpoint directory"):
+            resolve_tokenizer(spec)
+    with pytest.raises(ValueError, match=r"'llama-1b' is an architecture in BACKBONES"):
+        resolve_tokenizer("llama-1b")
+    unnamed = write_tokenizer_files(tmp_path / "unnamed", hf_tokenizer, config={"eos_token_id": 301})
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(unnamed))}: no BOS token: config.json has no "
+                                         r"bos_token_id and tokenizer_config.json / special_tokens_map.json no "
+                                         r"bos_token$"):
+        load_tokenizer(unnamed)
+    outside = write_tokenizer_files(tmp_path / "outside", hf_tokenizer, config={"bos_token_id": 400,
+                                                                               "eos_token_id": 301})
+    with pytest.raises(ValueError, match=r"outside/tokenizer.json: bos_id must be an id of its vocabulary \(0..302\), "
+                                         r"got 400"):
+        load_tokenizer(outside)
+    unknown = write_tokenizer_files(tmp_path / "unknown", hf_tokenizer, tokenizer_config={"bos_token": "<s>",
+                                                                                         "eos_token": "<|eot|>"})
+    with pytest.raises(ValueError, match=r"eos_id '<\|eot\|>' is not a token of its vocabulary"):
+        load_tokenizer(unknown)
+    typo = write_tokenizer_files(tmp_path / "typo", hf_tokenizer, config={"bos_token_id": "1", "eos_token_id": 2})
+    with pytest.raises(ValueError, match=r"typo/config.json: bos_token_id must be a token id, got '1'"):
+        load_tokenizer(typo)
+    broken = write_tokenizer_files(tmp_path / "broken", hf_tokenizer)
+    (broken / "tokenizer_config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"broken/tokenizer_config.json: not valid JSON"):
+        load_tokenizer(broken)
+
+
+def test_check_vocab(hf_tokenizer):
+    check_vocab(LlamaConfig(), BYTE)  # the tiny backbone's 259
+    with pytest.raises(ValueError, match=r"tokenizer byte \(vocab_size 259, ids up to 258\) does not fit the "
+                                         r"backbone's config.vocab_size 258 \(ids 0..257\)"):
+        check_vocab(LlamaConfig(vocab_size=258), BYTE)
+    tok = HFTokenizer(hf_tokenizer, bos_id="<s>", eos_id="</s>", name="ckpt/tokenizer.json")
+    check_vocab(LlamaConfig(vocab_size=303), tok)
+    with pytest.raises(ValueError, match=r"tokenizer ckpt/tokenizer.json \(vocab_size 303, ids up to 302\) does not "
+                                         r"fit the backbone's config.vocab_size 259"):
+        check_vocab(LlamaConfig(), tok)
+    # the special ids count too, for a tokenizer that keeps them outside its vocabulary
+    odd = SimpleNamespace(name="odd", vocab_size=10, pad_id=0, bos_id=1, eos_id=12)
+    check_vocab(LlamaConfig(vocab_size=13), odd)
+    with pytest.raises(ValueError, match=r"tokenizer odd \(vocab_size 10, ids up to 12\) does not fit .* 12"):
+        check_vocab(LlamaConfig(vocab_size=12), odd)

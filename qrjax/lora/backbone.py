@@ -340,13 +340,21 @@ def params_to_hf(config: LlamaConfig, params: dict) -> dict[str, np.ndarray]:
     return tensors
 
 
-def save_backbone(directory: str | Path, config: LlamaConfig, params: dict) -> Path:
+def save_backbone(directory: str | Path, config: LlamaConfig, params: dict, *, byte_tokenizer: bool = True) -> Path:
     """Write directory/config.json (config_to_hf) and directory/model.safetensors (Hugging Face names, float32).
-    load_backbone(directory) returns the same config and bit-identical params. Returns the directory."""
+    load_backbone(directory) returns the same config and bit-identical params. Returns the directory.
+
+    byte_tokenizer: the backbone reads qrjax's byte tokens (`BYTE`: what `pretrain` trains on), recorded in
+    config.json as "qrjax_tokenizer": "byte" with its special ids, so load_tokenizer finds it without a
+    tokenizer.json; False for a backbone whose tokenizer.json the caller writes."""
     directory = Path(directory)
     tensors = params_to_hf(config, params)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+    hf = config_to_hf(config)
+    if byte_tokenizer:
+        hf.update({BYTE_MARKER: "byte", "bos_token_id": BYTE.bos_id, "eos_token_id": BYTE.eos_id,
+                   "pad_token_id": BYTE.pad_id})
+    (directory / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
     # transformers refuses safetensors files without a "format" entry in their metadata
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     return directory
@@ -421,9 +429,13 @@ def _special_token(directory: Path, kind: str) -> int | str | None:
     return None
 
 
+BYTE_MARKER = "qrjax_tokenizer"  # config.json key of a backbone that reads qrjax's byte tokens (save_backbone)
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a backbone: a shipped name (SHIPPED) -> the byte tokenizer `BYTE`; a checkpoint directory ->
-    an `HFTokenizer` over its tokenizer.json, with bos / eos / pad ids from config.json (bos_token_id, eos_token_id,
+    """The tokenizer of a backbone: a shipped name (SHIPPED), or a directory whose config.json says
+    "qrjax_tokenizer": "byte" and holds no tokenizer.json (save_backbone's) -> the byte tokenizer `BYTE`; a checkpoint
+    directory -> an `HFTokenizer` over its tokenizer.json, with bos / eos / pad ids from config.json (bos_token_id, eos_token_id,
     pad_token_id), else from tokenizer_config.json / special_tokens_map.json (bos_token, eos_token, pad_token); pad
     defaults to eos.
 
@@ -436,6 +448,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not directory.is_dir():
         raise ValueError(f"checkpoint {directory}: not a directory (nor a shipped backbone: {', '.join(SHIPPED)})")
     file = directory / TOKENIZER_FILE
+    config_file = directory / CONFIG_FILE
+    if not file.is_file() and config_file.is_file() and json.loads(config_file.read_text()).get(BYTE_MARKER) == "byte":
+        return BYTE
     if not file.is_file():
         hint = ("; it holds tokenizer.model, a SentencePiece model: write tokenizer.json with transformers' "
                 "AutoTokenizer.from_pretrained(dir).save_pretrained(dir)" if (directory / "tokenizer.model").is_file()

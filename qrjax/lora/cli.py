@@ -22,7 +22,7 @@ def cmd_tune(args) -> int:
             use_cpu_devices(args.devices)
         except ValueError as err:
             console.fail(TUNE, str(err))
-    from qrjax.lora.backbone import resolve_backbone
+    from qrjax.lora.backbone import check_vocab, resolve_backbone, resolve_tokenizer
     from qrjax.lora.config import get_tune_config
     from qrjax.lora.tasks import default_grid, load_grid, resolve_task
     from qrjax.lora.train import tune
@@ -38,9 +38,11 @@ def cmd_tune(args) -> int:
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
         if not names:
             raise ValueError("--tasks: give at least one task (a built-in name or a .jsonl file)")
+        tokenizer = resolve_tokenizer(args.backbone)
         tasks = {}
         for spec in names:
-            task = resolve_task(spec, config.seed, num_train=config.num_train, num_val=config.num_val)
+            task = resolve_task(spec, config.seed, tokenizer=tokenizer, num_train=config.num_train,
+                                num_val=config.num_val)
             if task.name in tasks:
                 raise ValueError(f"--tasks: {spec!r} repeats the task name {task.name!r}")
             tasks[task.name] = task
@@ -51,6 +53,7 @@ def cmd_tune(args) -> int:
         if max(p[1] for p in grid.points) > config.rank_max:
             config = dataclasses.replace(config, rank_max=max(p[1] for p in grid.points))
         backbone = resolve_backbone(args.backbone)
+        check_vocab(backbone[0], tokenizer)
         check_workdir_run(args.workdir, {"backbone": str(args.backbone), "tasks": names,
                                          "grid": [list(p) for p in grid.points],
                                          "config": dataclasses.asdict(config) | {"targets": list(config.targets)},

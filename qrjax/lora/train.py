@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from qrjax.lora import batched, schedule
 from qrjax.lora.config import LlamaConfig, TuneConfig
 from qrjax.lora.early_exit import EarlyExitConfig, Monitor, Underperforming, warmup_steps
-from qrjax.lora.tasks import GridPoint, Task, encode_examples
+from qrjax.lora.tasks import GridPoint, Task
 from qrjax.parallel import make_mesh
 from qrjax.train.checkpoint import Checkpointer
 from qrjax.train.optim import make_optimizer
@@ -85,8 +85,8 @@ class _Data:
 
     def __init__(self, tasks: dict[str, Task]):
         self.seq_len = max(t.seq_len for t in tasks.values())
-        self.train = {n: encode_examples(t.train, self.seq_len) for n, t in tasks.items()}
-        self.val = {n: encode_examples(t.val, self.seq_len) for n, t in tasks.items()}
+        self.train = {n: t.encode("train", self.seq_len) for n, t in tasks.items()}
+        self.val = {n: t.encode("val", self.seq_len) for n, t in tasks.items()}
 
     def batch(self, job: Job, seed: int) -> dict:
         """The job's batch for its next step: deterministic in (seed, configuration, step), so a resumed run sees the
@@ -192,6 +192,8 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     memory = None
     if config.memory_budget_mb > 0:
         capacity, fitted, measured = measure_capacity(steps_fn, config, model_config, base, tx, seq_len)
+        # never more than every slot at the largest batches needs: a larger buffer would only be padding
+        capacity = min(capacity, sum(sorted((p.batch for p in points), reverse=True)[:per_device]))
         memory = {"k0": fitted.k0, "k1": fitted.k1, "r2": fitted.r_squared(measured), "points": measured,
                   "budget_mb": config.memory_budget_mb, "margin": config.memory_margin, "capacity": capacity}
         largest = max(p.batch for p in points)

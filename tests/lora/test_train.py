@@ -152,8 +152,8 @@ def test_capacity_from_the_memory_model(setup, tmp_path):
                  progress=False, export=False)
     m = probe["memory_model"]
     assert m["r2"] > 0.99 and m["k1"] > 0
-    for b, length, nbytes in m["points"]:
-        assert length == seq_len and abs(m["k0"] + m["k1"] * b * length - nbytes) < 0.05 * nbytes
+    assert probe["capacity"] == 4 + 4 + 2 + 2  # a huge budget: the 4 slots at the largest batches, no more
+    assert [length for _, length, _ in m["points"]] == [seq_len] * len(m["points"])
     # a budget that fits exactly 6 sequences per device with the 10 % margin
     budget = (m["k0"] + m["k1"] * 6.5 * seq_len) * (1 + CONFIG.memory_margin) / 2**20
     run = tune(backbone, tasks, some, dataclasses.replace(CONFIG, memory_budget_mb=budget, steps=2), tmp_path / "r",
@@ -163,3 +163,27 @@ def test_capacity_from_the_memory_model(setup, tmp_path):
     with pytest.raises(ValueError, match="fewer than the largest batch 4"):
         tune(backbone, tasks, some, dataclasses.replace(CONFIG, memory_budget_mb=tight, steps=2), tmp_path / "t",
              progress=False, export=False)
+
+
+def test_cli_tune_with_a_hugging_face_tokenizer(tmp_path, capsys):
+    """A user's checkpoint folder with tokenizer.json: tasks are encoded with its tokens and special ids; a tokenizer
+    whose ids exceed the embedding table is refused."""
+    from qrjax.cli import main
+    from tests.lora.hf_tokenizer import train_tokenizer, write_tokenizer_files
+
+    tok = train_tokenizer()
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"configs": [{"lr": 1e-2, "rank": 2, "batch": 2}]}))
+    for vocab, folder in ((303, "ok"), (280, "small")):
+        config = dataclasses.replace(MODEL, vocab_size=vocab)
+        save_backbone(tmp_path / folder, config, init_backbone(config, jax.random.key(1)))
+        hf = json.loads((tmp_path / folder / "config.json").read_text())
+        write_tokenizer_files(tmp_path / folder, tok, config={**hf, "bos_token_id": 300, "eos_token_id": 301,
+                                                              "pad_token_id": 302})
+    args = ["lora", "tune", "--tasks", "sort", "--grid", str(grid), "--preset", "tiny", "--steps", "2", "--json",
+            "--quiet"]
+    main(args + ["--backbone", str(tmp_path / "ok"), "--workdir", str(tmp_path / "w")])
+    out = json.loads(capsys.readouterr().out)
+    assert [c["status"] for c in out["configs"]] == ["finished"] and np.isfinite(out["configs"][0]["best_val_loss"])
+    with pytest.raises(SystemExit, match="280"):
+        main(args + ["--backbone", str(tmp_path / "small"), "--workdir", str(tmp_path / "w2")])

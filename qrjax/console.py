@@ -108,6 +108,25 @@ def passed_over_in(prog: str, folder) -> None:
             passed_over(prog, [str(p) for p in scan_folder(folder)[1]])
 
 
+def use_devices(prog: str, devices: int | None) -> None:
+    """--devices N: N simulated CPU devices on a CPU backend (before JAX starts; see qrjax.parallel.use_cpu_devices);
+    too few devices ends the command with the reason. None: leave the devices as they are."""
+    if devices is None:
+        return
+    from qrjax.parallel import use_cpu_devices
+
+    try:
+        use_cpu_devices(devices)
+    except ValueError as err:
+        fail(prog, str(err))
+
+
+def overrides(sets: list[str], **flags) -> list[str]:
+    """The --set KEY=VALUE list followed by `key=value` for every dedicated flag that was given (not None): the
+    flags win, as later --set items do."""
+    return list(sets) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
 def add_train_arguments(parser, presets: dict, default: str = "cpu") -> None:
     """The arguments every `qrjax <system> train` takes: --preset, --workdir, --data, --set, --json."""
     from pathlib import Path

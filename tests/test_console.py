@@ -43,3 +43,16 @@ def test_passed_over_names_the_files_on_stderr(capsys, tmp_path):
 def test_fail_exits_with_the_named_problem():
     with pytest.raises(SystemExit, match="qrjax x: --flag 3: too big"):
         console.fail("qrjax x", "--flag 3: too big")
+
+
+def test_overrides_put_the_given_flags_after_the_sets():
+    assert console.overrides(["a=1", "b=2"], steps=5, seed=None, early_exit=False) == ["a=1", "b=2", "steps=5",
+                                                                                       "early_exit=False"]
+
+
+def test_use_devices_fails_the_command_naming_the_count():
+    import jax
+
+    console.use_devices("qrjax x", None)  # leaves the devices alone
+    with pytest.raises(SystemExit, match=f"--devices {len(jax.devices()) + 1}: only"):
+        console.use_devices("qrjax x", len(jax.devices()) + 1)

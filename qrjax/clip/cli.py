@@ -24,22 +24,15 @@ def _report_bad(prog: str, data, count: int, names: list[str]) -> None:
 
 
 def cmd_train(args) -> int:
-    from qrjax.parallel import native_stdout_to_stderr, process_index, use_cpu_devices
+    from qrjax.parallel import native_stdout_to_stderr, process_index
 
-    if args.devices is not None:
-        try:
-            use_cpu_devices(args.devices)
-        except ValueError as err:
-            console.fail(TRAIN, str(err))
+    console.use_devices(TRAIN, args.devices)
     from qrjax.clip.config import get_config
     from qrjax.clip.export import resolve_model
     from qrjax.clip.train import train_and_evaluate
 
-    overrides = list(args.set)
-    for key, value in (("loss", args.loss), ("batch_size", args.batch), ("steps", args.steps), ("seed", args.seed),
-                       ("reduction", args.reduction), ("noise", args.noise)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = console.overrides(args.set, loss=args.loss, batch_size=args.batch, steps=args.steps, seed=args.seed,
+                                  reduction=args.reduction, noise=args.noise)
     try:
         config = get_config(args.preset, overrides)
         ref = resolve_model(args.ref) if args.ref else None

@@ -26,15 +26,6 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _use_devices(n: int) -> None:
-    from qrjax.parallel import use_cpu_devices
-
-    try:
-        use_cpu_devices(n)
-    except ValueError as err:
-        console.fail("qrjax diffusion generate", str(err))
-
-
 def cmd_train(args) -> int:
     from qrjax.diffusion.config import get_config
     from qrjax.diffusion.train import train_and_evaluate
@@ -44,7 +35,7 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     prog = "qrjax diffusion generate"
-    _use_devices(args.devices)
+    console.use_devices(prog, args.devices)
     import jax
     from PIL import Image
 
@@ -52,10 +43,8 @@ def cmd_generate(args) -> int:
     from qrjax.diffusion.supergen import generate
 
     model = _model(args.model)
-    overrides = list(args.set)
-    for key, value in (("cache_threshold", args.cache_threshold), ("steps", args.steps), ("tiling", args.tiling)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = console.overrides(args.set, cache_threshold=args.cache_threshold, steps=args.steps,
+                                  tiling=args.tiling)
     try:
         config = get_supergen_config(overrides)
         label = model.label(args.label) if model.config.num_classes else 0

@@ -11,20 +11,13 @@ PROG = "qrjax dlrm train"
 
 
 def cmd_train(args) -> int:
-    from qrjax.parallel import native_stdout_to_stderr, use_cpu_devices
+    from qrjax.parallel import native_stdout_to_stderr
 
-    if args.devices is not None:
-        try:
-            use_cpu_devices(args.devices)
-        except ValueError as err:
-            console.fail(PROG, str(err))
+    console.use_devices(PROG, args.devices)
     from qrjax.dlrm.config import get_config
     from qrjax.dlrm.train import train_and_evaluate
 
-    overrides = list(args.set)
-    for key, value in (("compress", args.compress), ("eps", args.eps), ("steps", args.steps), ("seed", args.seed)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = console.overrides(args.set, compress=args.compress, eps=args.eps, steps=args.steps, seed=args.seed)
     if args.compress_backward:
         overrides.append("compress_backward=true")
     workdir = args.out or args.workdir

@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from qrjax.lora.config import BACKBONES, HF_CONFIG_KEYS, LlamaConfig
-from qrjax.lora.tasks import BYTE, HFTokenizer, Tokenizer
+from qrjax.lora.tasks import BYTE, HFTokenizer, Tokenizer, read_json_object
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -395,20 +395,10 @@ def _unknown_backbone(spec: str) -> ValueError:
 # ------------------------------------------------------------------------------------------------ tokenizer
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _special_token(directory: Path, kind: str) -> int | str | None:
     """The id (config.json's `<kind>_token_id`) or token string (`<kind>_token` of the tokenizer config files) of a
     special token; None when no file names it. A list of EOS ids (Llama 3 instruct) gives its first."""
-    config = _read_json(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}
+    config = read_json_object(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}
     value = config.get(f"{kind}_token_id")
     if isinstance(value, list) and value:
         value = value[0]
@@ -419,7 +409,7 @@ def _special_token(directory: Path, kind: str) -> int | str | None:
     for name in TOKENIZER_CONFIG_FILES:
         if not (directory / name).is_file():
             continue
-        token = _read_json(directory / name).get(f"{kind}_token")
+        token = read_json_object(directory / name).get(f"{kind}_token")
         if isinstance(token, dict):  # a serialised AddedToken
             token = token.get("content")
         if token is not None:

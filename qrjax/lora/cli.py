@@ -15,24 +15,15 @@ _ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 def cmd_tune(args) -> int:
-    from qrjax.parallel import use_cpu_devices
-
-    if args.devices is not None:
-        try:
-            use_cpu_devices(args.devices)
-        except ValueError as err:
-            console.fail(TUNE, str(err))
+    console.use_devices(TUNE, args.devices)
     from qrjax.lora.backbone import check_vocab, resolve_backbone, resolve_tokenizer
     from qrjax.lora.config import get_tune_config
     from qrjax.lora.tasks import default_grid, load_grid, resolve_task
     from qrjax.lora.train import tune
     from qrjax.train.export import check_workdir_run
 
-    overrides = list(args.set)
-    for key, value in (("steps", args.steps), ("seed", args.seed), ("devices", args.devices),
-                       ("early_exit", args.early_exit)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    overrides = console.overrides(args.set, steps=args.steps, seed=args.seed, devices=args.devices,
+                                  early_exit=args.early_exit)
     try:
         config = get_tune_config(args.preset, overrides)
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -64,9 +55,9 @@ def cmd_tune(args) -> int:
         console.fail(TUNE, str(err))
     out = {"workdir": str(args.workdir), "backbone": str(args.backbone), "tasks": list(tasks), **summary}
     best = ", ".join(f"{t} {v['best_val_loss']:.4f}" for t, v in summary["best"].items())
+    exited = sum(c["status"] == "exited" for c in summary["configs"])
     console.result(out, args.json,
-                   f"{TUNE}: {len(summary['configs'])} configurations, {sum(c['status'] == 'exited' for c in summary['configs'])} "
-                   f"exited early {summary['exits']}, {summary['samples']} samples, {summary['seconds']:.1f} s; "
+                   f"{TUNE}: {len(summary['configs'])} configurations, {exited} exited early {summary['exits']}, {summary['samples']} samples, {summary['seconds']:.1f} s; "
                    f"best validation loss: {best}; adapters under {Path(args.workdir) / 'adapters'}")
     return 0
 

@@ -609,18 +609,24 @@ def default_grid() -> Grid:
     return Grid.product(DEFAULT_LRS, DEFAULT_RANKS, DEFAULT_BATCHES)
 
 
+def read_json_object(path: Path, what: str = "") -> dict:
+    """The JSON object in the file at path; ValueError "<what><path>: ..." for invalid JSON or another JSON type."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what}{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_grid(path) -> Grid:
     """A grid from a JSON file: {"lr": [...], "rank": [...], "batch": [...]} (their product, lr-major) or
     {"configs": [{"lr": .., "rank": .., "batch": ..}, ...]} (in order). Errors name the file and the bad field."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"grid file {path}: no such file")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"grid file {path}: not JSON ({e})") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"grid file {path}: expected a JSON object, got {type(spec).__name__}")
+    spec = read_json_object(path, "grid file ")
     unknown = sorted(set(spec) - {"configs", *_GRID_KEYS})
     if unknown:
         raise ValueError(f"grid file {path}: unknown fields {unknown}; expected 'lr', 'rank', 'batch' or 'configs'")

@@ -363,7 +363,7 @@ def test_load_grid_errors_name_the_file_and_the_field(tmp_path, spec, match):
 def test_load_grid_bad_json_and_missing_file(tmp_path):
     path = tmp_path / "g.json"
     path.write_text('{"lr": [1e-3,')
-    with pytest.raises(ValueError, match="g.json: not JSON"):
+    with pytest.raises(ValueError, match="g.json: not valid JSON"):
         load_grid(path)
     with pytest.raises(FileNotFoundError, match="none.json"):
         load_grid(tmp_path / "none.json")

@@ -57,7 +57,8 @@ def cmd_tune(args) -> int:
     best = ", ".join(f"{t} {v['best_val_loss']:.4f}" for t, v in summary["best"].items())
     exited = sum(c["status"] == "exited" for c in summary["configs"])
     console.result(out, args.json,
-                   f"{TUNE}: {len(summary['configs'])} configurations, {exited} exited early {summary['exits']}, {summary['samples']} samples, {summary['seconds']:.1f} s; "
+                   f"{TUNE}: {len(summary['configs'])} configurations, {exited} exited early {summary['exits']}, "
+                   f"{summary['samples']} samples, {summary['seconds']:.1f} s; "
                    f"best validation loss: {best}; adapters under {Path(args.workdir) / 'adapters'}")
     return 0
 

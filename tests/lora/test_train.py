@@ -121,9 +121,9 @@ def test_cli_tune_json(setup, tmp_path, capsys):
     backbone, _, _ = setup
     save_backbone(tmp_path / "bb", *backbone)
     data = tmp_path / "mine.jsonl"
-    data.write_text("\n".join([json.dumps({"prompt": f"x{i}=", "completion": str(i % 7)}) for i in range(40)]
-                              + ["{not json", json.dumps({"prompt": "a"}), json.dumps({"prompt": "b", "completion": 3})])
-                    + "\n")
+    good = [json.dumps({"prompt": f"x{i}=", "completion": str(i % 7)}) for i in range(40)]
+    bad = ["{not json", json.dumps({"prompt": "a"}), json.dumps({"prompt": "b", "completion": 3})]
+    data.write_text("\n".join(good + bad) + "\n")
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"lr": [1e-2], "rank": [2, 4], "batch": [2]}))
     main(["lora", "tune", "--backbone", str(tmp_path / "bb"), "--tasks", f"reverse,{data}", "--grid", str(grid),

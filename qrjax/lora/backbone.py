@@ -426,8 +426,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a backbone: a shipped name (SHIPPED), or a directory whose config.json says
     "qrjax_tokenizer": "byte" and holds no tokenizer.json (save_backbone's) -> the byte tokenizer `BYTE`; a checkpoint
     directory -> an `HFTokenizer` over its tokenizer.json, with bos / eos / pad ids from config.json (bos_token_id,
-    eos_token_id, pad_token_id), else from tokenizer_config.json / special_tokens_map.json (bos_token, eos_token, pad_token); pad
-    defaults to eos.
+    eos_token_id, pad_token_id), else from tokenizer_config.json / special_tokens_map.json (bos_token, eos_token,
+    pad_token); pad defaults to eos.
 
     Raises ValueError naming the directory for a missing directory, a missing tokenizer.json (saying so, and how to
     write one when only SentencePiece's tokenizer.model is there), no BOS or EOS named anywhere, or a special token

@@ -90,8 +90,9 @@ class TuneConfig:
     name: str = "cpu"
     # Slots: adapters trained together on one device; a freed slot is back-filled from the queue (no recompile:
     # the slot count and the token buffer are fixed, an empty slot is a zero-size group).
-    slots: int = 8
+    slots: int = 16
     capacity: int = 64  # sequences per device per step (the live adapters' batches share it; ALTO's memory bound)
+    buckets: int = 4  # buffer sizes capacity·k/buckets, k = 1..buckets: a step uses the smallest that holds it
     memory_margin: float = 0.1  # safety margin of the memory model (with memory_budget_mb)
     rank_max: int = 8  # ranks are padded to this with exact zeros (>= every rank of the grid)
     targets: tuple[str, ...] = PROJECTIONS  # projections that carry LoRA (PEFT's target_modules)
@@ -100,7 +101,6 @@ class TuneConfig:
     eval_every: int = 20  # validation every this many of a configuration's steps (and at warm-up, and at the end)
     num_train: int = 2048  # synthetic tasks: training examples
     num_val: int = 64  # synthetic tasks: validation examples (user JSONL: val_fraction of the lines)
-    val_batch: int = 32  # validation sequences per slot per forward pass
     weight_decay: float = 0.01  # AdamW (ALTO: 0.01)
     grad_clip: float = 1.0  # per adapter (global norm over that adapter's A and B)
     early_exit: bool = True
@@ -117,10 +117,10 @@ class TuneConfig:
 
 TUNE_PRESETS = {
     "tiny": TuneConfig(name="tiny", slots=4, capacity=16, rank_max=4, steps=24, eval_every=4, num_train=256,
-                       num_val=16, val_batch=8, checkpoint_every=10),
+                       num_val=16, checkpoint_every=10),
     "cpu": TuneConfig(),
     "paper": TuneConfig(name="paper", slots=32, capacity=128, rank_max=64, steps=3000, eval_every=100,
-                        num_train=7473, num_val=1319, val_batch=64, ema_alpha=0.1),
+                        num_train=7473, num_val=1319, ema_alpha=0.1),
 }
 
 
@@ -133,7 +133,7 @@ def get_tune_config(preset: str = "cpu", overrides=None) -> TuneConfig:
     bad = [t for t in config.targets if t not in PROJECTIONS]
     if bad or not config.targets:
         raise ValueError(f"lora: targets {list(config.targets)}; choose a non-empty subset of {PROJECTIONS}")
-    for name in ("slots", "capacity", "rank_max", "steps", "eval_every", "devices", "val_batch"):
+    for name in ("slots", "capacity", "rank_max", "steps", "eval_every", "devices", "buckets"):
         if getattr(config, name) < 1:
             raise ValueError(f"lora: {name} must be >= 1, got {getattr(config, name)}")
     return dataclasses.replace(config)

@@ -5,11 +5,15 @@ Each engine step trains every live slot once (one program: the base matmul over 
 matmuls, per-adapter AdamW). Then, per configuration:
 - its training loss goes into its early-exit monitor (EMA); at its warm-up boundary (5 % of its steps), every
   `eval_every` steps and at its end it is evaluated on its task's validation split (mean token cross-entropy on the
-  completions), and ALTO's rules may exit it: "underperforming" at the warm-up boundary (online top ⌈0.25·n⌉ of the
-  task), "diverged" or "overfit" from the 4th evaluation; the adapter with the best validation loss is kept (on
-  device, per slot) and exported;
+  completions), and ALTO's rules may exit it: "underperforming" once ⌈0.25·n⌉ of its task's n configurations have
+  a lower validation loss at their warm-up boundaries than it had at its own (at its boundary, or later when the
+  others report: ALTO keeps the top quarter), "diverged" or "overfit" from the 4th evaluation; the adapter with the
+  best validation loss is kept (on device, per slot) and exported;
 - a finished or exited configuration frees its slot, which is back-filled from the queue at once: greedy admission
   under the device's capacity (`schedule.admit`, same batch size first), without recompiling.
+The step's buffer holds `capacity` sequences per device; a step whose sequences fit a smaller bucket
+(capacity·k/buckets) runs that program instead (the queue's tail, small batches, validation passes), so padding
+costs little; each bucket compiles once.
 Devices: every device owns `slots` slots (adapter-per-device parallelism). With `placement="cp-sat"` each task is
 given whole devices by `schedule.plan` (CP-SAT strip packing over the engine's step clock: a task needs g devices for
 an estimated number of steps), re-planned whenever a task completes; a device only admits configurations of the task
@@ -227,8 +231,13 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         ended_file.unlink()
 
     val_sets = data.val
-    val_chunk = config.val_batch
-    eval_capacity = per_device * val_chunk
+    by_index = {j.point.index: j for j in jobs}
+    # buffer sizes (sequences per device): the smallest that holds a step's sequences is used, so a half-empty
+    # buffer (the queue's tail, small batches) costs half; each size compiles once, on first use
+    sizes = sorted({-(-config.capacity * k // config.buckets) for k in range(1, config.buckets + 1)})
+
+    def rows_for(used_per_device: Sequence[int]) -> int:
+        return next(c for c in sizes if c >= max(used_per_device))
 
     def task_work(t):  # sequences x steps still to train, the scheduler's duration estimate
         return sum(j.point.batch * (config.steps - j.steps) for j in jobs if j.point.task == t and j.status in
@@ -286,19 +295,27 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         return scale, lr
 
     def evaluate(due: list[int]) -> dict[int, float]:
-        """Validation loss of the jobs in `due` (their slots); the other slots ride along empty."""
+        """Validation loss of the jobs in `due` (their slots): their validation sequences packed back to back, each
+        device's up to its capacity per pass; the other slots are empty groups."""
         scale, lr = slot_arrays()
         sums = np.zeros(num_slots)
         toks = np.zeros(num_slots)
-        longest = max(val_sets[jobs[slot_job[s]].point.task]["inputs"].shape[0] for s in due)
-        for start in range(0, longest, val_chunk):
+        offset = {s: 0 for s in due}
+        left = {s: val_sets[jobs[slot_job[s]].point.task]["inputs"].shape[0] for s in due}
+        while any(left.values()):
             per_slot = [None] * num_slots
-            for s in due:
+            used = [0] * devices
+            for s in sorted(due):  # slot order: each device's groups lie in its block in slot order
+                d = s // per_device
+                n = min(left[s], config.capacity - used[d])
+                if n <= 0:
+                    continue
                 arr = val_sets[jobs[slot_job[s]].point.task]
-                chunk = {k: v[start:start + val_chunk] for k, v in arr.items()}
-                if chunk["inputs"].shape[0]:
-                    per_slot[s] = chunk
-            buf, seqs = batched.pack(per_slot, devices, eval_capacity, seq_len)
+                per_slot[s] = {k: v[offset[s]:offset[s] + n] for k, v in arr.items()}
+                offset[s] += n
+                left[s] -= n
+                used[d] += n
+            buf, seqs = batched.pack(per_slot, devices, rows_for(used), seq_len)
             s_sum, s_tok = steps_fn.evaluate(base, state.adapters, buf, batched.SlotInputs(seqs, scale, lr))
             sums += np.asarray(s_sum)
             toks += np.asarray(s_tok)
@@ -359,7 +376,8 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
             per_slot = [None] * num_slots
             for s in live:
                 per_slot[s] = data.batch(jobs[slot_job[s]], config.seed)
-            buf, seqs = batched.pack(per_slot, devices, config.capacity, seq_len)
+            used = [sum(per_slot[s]["inputs"].shape[0] for s in live if s // per_device == d) for d in range(devices)]
+            buf, seqs = batched.pack(per_slot, devices, rows_for(used), seq_len)
             scale, lr = slot_arrays()
             state, losses = steps_fn.train(base, state, buf, batched.SlotInputs(seqs, scale, lr))
             losses = np.asarray(losses)
@@ -386,11 +404,13 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
                         mask[s] = True
                 if mask.any():
                     best = improve(best, state.adapters, jnp.asarray(mask))
+                reported = set()
                 for s, v in vals.items():
                     job = jobs[slot_job[s]]
                     job.evals.append([job.steps, job.monitor.ema, v])
                     reason = None
                     if job.steps == warm and config.early_exit:
+                        reported.add(job.point.task)
                         if not underperf[job.point.task].report(job.point.index, v):
                             reason = "underperforming"
                     if reason is None and (job.steps % config.eval_every == 0 or job.steps == config.steps):
@@ -401,6 +421,13 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
                     elif job.steps >= config.steps:
                         end(job, "finished", None)
                         bar.update(1)
+                # a configuration kept at its warm-up boundary that has since fallen out of its task's top quarter
+                # (ceil(0.25 n) configurations reported lower warm-up losses after it) exits now
+                for t in sorted(reported):
+                    for idx in sorted(underperf[t].dominated()):
+                        if by_index[idx].status == "running":
+                            end(by_index[idx], "exited", "underperforming")
+                            bar.update(1)
             live_n = sum(j.status == "running" for j in jobs)
             bar.set_postfix(live=live_n, exited=sum(j.status == "exited" for j in jobs),
                             queued=sum(j.status == "queued" for j in jobs))

@@ -187,3 +187,20 @@ def test_cli_tune_with_a_hugging_face_tokenizer(tmp_path, capsys):
     assert [c["status"] for c in out["configs"]] == ["finished"] and np.isfinite(out["configs"][0]["best_val_loss"])
     with pytest.raises(SystemExit, match="280"):
         main(args + ["--backbone", str(tmp_path / "small"), "--workdir", str(tmp_path / "w2")])
+
+
+def test_backfill_never_recompiles_in_a_run(setup, tmp_path):
+    """A run with many back-fills and exits compiles each program at most once per buffer size (bucket)."""
+    from qrjax.lora import batched
+    from qrjax.lora.train import make_tx
+    from qrjax.parallel import make_mesh
+
+    backbone, tasks, _ = setup
+    config = dataclasses.replace(CONFIG, rank_max=5, slots=3, early_exit=True, steps=16, eval_every=2, buckets=2)
+    points = Grid.product((1e-3, 3e-2, 3e-1), (2, 5), (2, 4)).configs(list(tasks))  # 24 configurations, 3 slots
+    summary = tune(backbone, tasks, points, config, tmp_path, progress=False, export=False)
+    assert summary["engine_steps"] > 16 * 24 // 3 // 2  # slots were back-filled many times
+    mesh = make_mesh((1,), (batched.AXIS,), devices=jax.devices()[:1])
+    steps = batched.make_steps(config, MODEL, mesh, make_tx(config))  # the run's (cached) programs
+    assert 1 <= steps.train._cache_size() <= 2 and 1 <= steps.evaluate._cache_size() <= 2
+    assert steps.reset._cache_size() == 1

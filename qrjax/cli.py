@@ -11,6 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qrjax.diffusion import cli as diffusion_cli
     from qrjax.dlrm import cli as dlrm_cli
     from qrjax.ecc import cli as ecc_cli
+    from qrjax.lora import cli as lora_cli
     from qrjax.quantum import cli as quantum_cli
     from qrjax.watermark import cli as watermark_cli
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion_cli.register(systems)
     dlrm_cli.register(systems)
     clip_cli.register(systems)
+    lora_cli.register(systems)
     watermark_cli.register_demo(systems.add_parser("demo", help="the main job: QRMark detection demo (make demo)"))
     return parser
 

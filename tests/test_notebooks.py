@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.py"))
 # 33 -> 23 s, quantum 26 -> 18 s, lossy_compression 27 -> 17 s, dlrm 48 -> 31 s, clip 69 -> 52 s). watermark and
 # detection are not in it: the shipped model's refined embedding runs far slower unoptimised (detection 46 -> 118 s);
 # ecc does not change (17 -> 16 s).
-FAST_COMPILE = {"supergen.py", "quantum.py", "lossy_compression.py", "dlrm.py", "clip.py"}
+FAST_COMPILE = {"supergen.py", "quantum.py", "lossy_compression.py", "dlrm.py", "clip.py", "lora.py"}
 
 
 def test_there_are_notebooks():

@@ -22,6 +22,7 @@ capacity, N = devices x slots.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -36,7 +37,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from qrjax.lora.config import LlamaConfig, TuneConfig
 from qrjax.lora.model import Llama, LoraInputs
 from qrjax.lora.multilora import row_groups
-from qrjax.train.optim import make_optimizer
 
 AXIS = "adapters"
 
@@ -86,17 +86,10 @@ def init_adapter(key: jax.Array, model_config: LlamaConfig, targets, rank, rank_
     return jax.tree.unflatten(treedef, out)
 
 
-def make_tx(config: TuneConfig) -> optax.GradientTransformation:
-    """The per-adapter optimiser at learning rate 1 (the shared trainer's AdamW, constant schedule, clipping per
-    adapter); each slot's update is then scaled by its own learning rate, which is what AdamW at that rate does
-    (optax scales the decayed-weight term by the learning rate too)."""
-    return make_optimizer("adamw", 1.0, max(config.steps, 2), 0, end_learning_rate=1.0,
-                          weight_decay=config.weight_decay, grad_clip=config.grad_clip or None)
-
-
-def init_slots(config: TuneConfig, model_config: LlamaConfig, num_slots: int) -> SlotState:
-    """num_slots empty slots (zero adapters, fresh optimiser states)."""
-    tx = make_tx(config)
+def init_slots(config: TuneConfig, model_config: LlamaConfig, num_slots: int, tx: optax.GradientTransformation
+               ) -> SlotState:
+    """num_slots empty slots (zero adapters, fresh optimiser states of `tx`, the per-adapter optimiser at learning
+    rate 1: each slot's update is scaled by its own rate)."""
     single = init_adapter(jax.random.key(0), model_config, config.targets, 0, config.rank_max)
     adapters = jax.tree.map(lambda x: jnp.zeros((num_slots,) + x.shape, x.dtype), single)
     return SlotState(adapters=adapters, opt_state=jax.vmap(tx.init)(adapters), tx=tx)
@@ -116,7 +109,7 @@ def slot_losses(logits, targets, mask, seqs):
 
 def _forward_losses(model, base, adapters, batch, slots: SlotInputs):
     tokens_per_seq = batch["inputs"].shape[1]
-    lora = LoraInputs(adapters, slots.seqs * tokens_per_seq, slots.scale)
+    lora = LoraInputs(adapters, slots.seqs * tokens_per_seq, slots.scale, tokens_per_seq)
     logits = model.apply({"params": base}, batch["inputs"], lora)
     return slot_losses(logits, batch["targets"], batch["mask"], slots.seqs)
 
@@ -160,23 +153,47 @@ class Steps(NamedTuple):
     state_sharding: Any
     slot_sharding: Any
     replicated: Any
+    base_sharding: Any  # the backbone's placement: replicated, or split over AXIS with shard_backbone
 
 
-def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
-    """The jitted train / eval / reset functions on `mesh` (one axis, AXIS; one device or many)."""
+def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx: optax.GradientTransformation) -> Steps:
+    """The jitted train / eval / reset functions on `mesh` (one axis, AXIS; one device or many).
+
+    Cached on the fields the programs depend on, so runs that differ only in steps, seeds, slots' contents or early
+    exit (an experiment's arms, a resumed run) reuse one compilation."""
+    program = dataclasses.replace(TuneConfig(), targets=tuple(config.targets), rank_max=config.rank_max,
+                                  impl=config.impl, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                                  shard_backbone=config.shard_backbone)
+    return _make_steps(program, model_config, mesh, tx)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_steps(config: TuneConfig, model_config: LlamaConfig, mesh, tx) -> Steps:
     model = Llama(model_config, impl=config.impl)
     slot_sharding = NamedSharding(mesh, P(AXIS))
     replicated = NamedSharding(mesh, P())
     batch_specs = {"inputs": P(AXIS), "targets": P(AXIS), "mask": P(AXIS)}
     slot_specs = SlotInputs(P(AXIS), P(AXIS), P(AXIS))
-    # no collective inside: every device trains its own adapters on its own sequences
-    train = jax.shard_map(functools.partial(local_train_step, model), mesh=mesh,
-                          in_specs=(P(), P(AXIS), batch_specs, slot_specs), out_specs=(P(AXIS), P(AXIS)),
+    base_specs = backbone_specs(model_config, mesh.shape[AXIS] if config.shard_backbone else 1)
+
+    def gathered(fn):
+        # a sharded backbone is all-gathered into whole weights, one program-wide gather per leaf (the frozen
+        # weights need no gradient, so backward adds no reduce-scatter); replicated leaves pass through
+        def local(base, *args):
+            base = jax.tree.map(lambda w, spec: jax.lax.all_gather(w, AXIS, axis=0, tiled=True) if spec != P() else w,
+                                base, base_specs)
+            return fn(base, *args)
+
+        return local
+
+    # without shard_backbone no collective at all: every device trains its own adapters on its own sequences
+    train = jax.shard_map(gathered(functools.partial(local_train_step, model)), mesh=mesh,
+                          in_specs=(base_specs, P(AXIS), batch_specs, slot_specs), out_specs=(P(AXIS), P(AXIS)),
                           check_vma=False)
-    evaluate = jax.shard_map(functools.partial(local_eval_step, model), mesh=mesh,
-                             in_specs=(P(), P(AXIS), {"inputs": P(AXIS), "targets": P(AXIS), "mask": P(AXIS)},
-                                       slot_specs), out_specs=(P(AXIS), P(AXIS)), check_vma=False)
-    template = init_slots(config, model_config, 1)
+    evaluate = jax.shard_map(gathered(functools.partial(local_eval_step, model)), mesh=mesh,
+                             in_specs=(base_specs, P(AXIS), batch_specs, slot_specs), out_specs=(P(AXIS), P(AXIS)),
+                             check_vma=False)
+    template = init_slots(config, model_config, 1, tx)
     state_sharding = jax.tree.map(lambda _: slot_sharding, template)
 
     def reset(state: SlotState, slot, key, rank):
@@ -189,7 +206,17 @@ def make_steps(config: TuneConfig, model_config: LlamaConfig, mesh) -> Steps:
     return Steps(train=jax.jit(train, donate_argnums=1, out_shardings=(state_sharding, slot_sharding)),
                  evaluate=jax.jit(evaluate, out_shardings=(slot_sharding, slot_sharding)),
                  reset=jax.jit(reset, donate_argnums=0, out_shardings=state_sharding),
-                 mesh=mesh, state_sharding=state_sharding, slot_sharding=slot_sharding, replicated=replicated)
+                 mesh=mesh, state_sharding=state_sharding, slot_sharding=slot_sharding, replicated=replicated,
+                 base_sharding=jax.tree.map(lambda spec: NamedSharding(mesh, spec), base_specs))
+
+
+def backbone_specs(model_config: LlamaConfig, devices: int):
+    """PartitionSpecs of the backbone's leaves: with devices > 1 (shard_backbone) every leaf whose first dimension
+    the devices divide is split along it over AXIS (FSDP-style: each device stores 1/devices of it), the rest
+    replicated; with devices = 1 everything replicated."""
+    shapes = jax.eval_shape(lambda: Llama(model_config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+    return jax.tree.map(lambda x: P(AXIS) if devices > 1 and x.shape[0] % devices == 0 else P(),
+                        shapes["params"])
 
 
 def pack(batches, devices: int, capacity: int, seq_len: int):

@@ -92,7 +92,7 @@ class TuneConfig:
     # the slot count and the token buffer are fixed, an empty slot is a zero-size group).
     slots: int = 8
     capacity: int = 64  # sequences per device per step (the live adapters' batches share it; ALTO's memory bound)
-    memory_margin: float = 0.1  # safety margin of the memory model when capacity comes from a memory budget
+    memory_margin: float = 0.1  # safety margin of the memory model (with memory_budget_mb)
     rank_max: int = 8  # ranks are padded to this with exact zeros (>= every rank of the grid)
     targets: tuple[str, ...] = PROJECTIONS  # projections that carry LoRA (PEFT's target_modules)
     alpha_ratio: float = 2.0  # alpha = alpha_ratio * rank, scale = alpha / rank (ALTO: alpha = 2r)
@@ -106,7 +106,11 @@ class TuneConfig:
     early_exit: bool = True
     ema_alpha: float = 0.1  # EMA weight of the newest training loss (ALTO does not give it)
     devices: int = 1  # adapter-per-device parallelism: each device owns `slots` whole adapters
-    impl: str = "ragged"  # the grouped matmul (qrjax.lora.multilora.IMPLS)
+    shard_backbone: bool = False  # split the frozen backbone over the devices (when it does not fit on one)
+    memory_budget_mb: float = 0.0  # > 0: capacity from ALTO's memory model M(B) = k0 + k1 B L fitted on the
+    # compiled step (per device), the largest B with M(B) (1 + memory_margin) <= the budget; 0: `capacity` as given
+    impl: str = "auto"  # the grouped matmul (qrjax.lora.multilora.IMPLS; auto: per-sequence gather on CPU,
+    # lax.ragged_dot elsewhere)
     checkpoint_every: int = 100  # engine steps between checkpoints of a resumable run
     seed: int = 0
 

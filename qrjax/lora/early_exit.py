@@ -115,8 +115,8 @@ class Monitor:
     but the EMA and the best checkpoint are still tracked.
 
     Attributes: `ema` (None before the first step), `num_evals`, `cnt_div`, `cnt_ovf`, `best_val_loss` (inf before the
-    first finite evaluation), `best_step` (the step of the best val loss: the checkpoint to keep on an overfit exit;
-    None before), `exit_reason`, `exit_step`.
+    first finite evaluation), `best_step` (the step of the best val loss, the earliest on ties: the checkpoint to keep
+    on an overfit exit; None before), `exit_reason`, `exit_step`.
     """
 
     def __init__(self, config: EarlyExitConfig | None = None):
@@ -178,7 +178,7 @@ class Monitor:
             gap = (val_loss - self.ema) / self.ema
         else:  # a zero training loss: any positive val loss is an unbounded relative gap
             gap = math.inf if val_loss > self.ema else 0.0
-        self.cnt_ovf = self.cnt_ovf + 1 if gap >= c.tau_gap else 0
+        self.cnt_ovf = self.cnt_ovf + 1 if gap > c.tau_gap else 0
         if self.num_evals < c.earliest_exit_eval:
             return None
         if self.cnt_div >= c.p_div:

@@ -18,9 +18,10 @@ layers_<i>/self_attn/{q,k,v,o}_proj/kernel, layers_<i>/mlp/{gate,up,down}_proj/k
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -28,18 +29,20 @@ from qrjax.lora.config import LlamaConfig
 from qrjax.lora.multilora import lora_delta
 
 
-class LoraInputs(NamedTuple):
+class LoraInputs(flax.struct.PyTreeNode):
     """The adapters one forward pass applies.
 
     adapters: {layer: {"self_attn"|"mlp": {projection: {"a": [N, d_in, r], "b": [N, r, d_out]}}}}, the backbone's
       tree down to the projections that carry LoRA (any subset of them);
     group_sizes: int32[N], tokens of each adapter (0 = an empty slot);
-    scale: float[N], each adapter's s_i = alpha_i / r_i.
+    scale: float[N], each adapter's s_i = alpha_i / r_i;
+    block: tokens per sequence when every group is whole sequences (lets the CPU path batch per sequence), else 1.
     """
 
     adapters: dict
     group_sizes: jax.Array
     scale: jax.Array
+    block: int = flax.struct.field(pytree_node=False, default=1)  # static: it picks the program
 
 
 class RMSNorm(nn.Module):
@@ -64,7 +67,8 @@ class Projection(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         y = x @ kernel.astype(x.dtype)
         if adapter is not None:
-            y = y + lora_delta(x, adapter["a"], adapter["b"], lora.group_sizes, lora.scale, impl=self.impl)
+            y = y + lora_delta(x, adapter["a"], adapter["b"], lora.group_sizes, lora.scale, impl=self.impl,
+                               block=lora.block)
         return y
 
 
@@ -145,7 +149,7 @@ class DecoderLayer(nn.Module):
 
 class Llama(nn.Module):
     config: LlamaConfig
-    impl: str = "ragged"  # the grouped matmul of the LoRA term (qrjax.lora.multilora.IMPLS)
+    impl: str = "auto"  # the grouped matmul of the LoRA term (qrjax.lora.multilora.IMPLS)
 
     @nn.compact
     def __call__(self, tokens: jax.Array, lora: LoraInputs | None = None) -> jax.Array:

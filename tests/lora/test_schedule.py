@@ -330,6 +330,15 @@ def test_cp_sat_on_eight_devices():
         assert result.makespan == brute_force_makespan([t.duration for t in tasks], [t.devices for t in tasks], 8)
 
 
+def test_a_timed_out_plan_is_feasible_and_says_so():
+    # a dozen tasks given no time: CP-SAT's best solution so far, or the greedy plan when it has none
+    rng = np.random.default_rng(4)
+    tasks = [TaskSpec(f"t{i}", int(rng.choice([1, 1, 1, 2, 2, 4])), int(rng.integers(1, 20))) for i in range(12)]
+    result = plan(tasks, 8, time_limit_s=1e-9, workers=1)
+    assert not result.optimal
+    assert_feasible(tasks, result, 8)
+
+
 @pytest.mark.parametrize("tasks, kw, match", [
     ([TaskSpec("big", 5, 1.0)], {}, "'big' needs 5 devices, but there are 4"),
     ([TaskSpec("zero", 1, 0.0)], {}, "'zero' needs a finite positive duration"),

@@ -1,14 +1,17 @@
 import json
 import operator
+import pickle
 import re
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from qrjax.lora import tasks
-from qrjax.lora.tasks import (BOS, EOS, PAD, TASKS, VOCAB_SIZE, Grid, Task, GridPoint, decode_tokens, default_grid,
-                              encode_examples, encode_text, example_tokens, fit_seq_len, load_grid, load_jsonl_task,
-                              make_task, pretrain_examples, resolve_task)
+from qrjax.lora.tasks import (BOS, BYTE, EOS, PAD, TASKS, VOCAB_SIZE, ByteTokenizer, Grid, GridPoint, HFTokenizer, Task,
+                              decode_tokens, default_grid, encode_examples, encode_text, example_tokens, fit_seq_len,
+                              load_grid, load_jsonl_task, make_task, pretrain_examples, resolve_task)
+from tests.lora.hf_tokenizer import MERGED, train_tokenizer
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizer and encoding
@@ -375,3 +378,140 @@ def test_grid_validates_points():
         Grid(((1e-3, 2, 4), (1e-3, 2, 4)))
     with pytest.raises(ValueError, match=r"grid: batch\[1\] must be a positive integer, got 2.5"):
         Grid.product([1e-3], [2], [4, 2.5])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers: the byte tokenizer object, Hugging Face tokenizer.json
+
+
+def test_byte_tokenizer_is_the_module_level_one():
+    assert (BYTE.vocab_size, BYTE.pad_id, BYTE.bos_id, BYTE.eos_id) == (VOCAB_SIZE, PAD, BOS, EOS) == (259, 0, 1, 2)
+    assert ByteTokenizer() == BYTE and hash(ByteTokenizer()) == hash(BYTE)
+    assert BYTE.encode("héllo") == encode_text("héllo") and BYTE.decode([BOS, *encode_text("é"), EOS, 9]) == "é"
+    examples = make_task("recall", num_train=30, num_val=1).train
+    default, explicit = encode_examples(examples, 40), encode_examples(examples, 40, BYTE)
+    assert all((default[k] == explicit[k]).all() for k in default)
+    assert make_task("recall", num_train=30, num_val=1).tokenizer == BYTE
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return train_tokenizer("bytelevel")
+
+
+@pytest.fixture(scope="module")
+def hf_tok(hf):
+    return HFTokenizer(hf, bos_id=hf.token_to_id("<s>"), eos_id=hf.token_to_id("</s>"), name="test")
+
+
+def lib_ids(tok, text):
+    """The library's own encoding of a text, without its BOS template."""
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def test_hf_tokenizer_ids_vocab_and_decode(hf, hf_tok):
+    bos, eos, pad = (hf.token_to_id(t) for t in ("<s>", "</s>", "[PAD]"))
+    assert (bos, eos, pad) == (300, 301, 302)
+    assert (hf_tok.bos_id, hf_tok.eos_id, hf_tok.pad_id, hf_tok.vocab_size) == (bos, eos, eos, 303)  # pad -> eos
+    assert hf.encode("37+58=").ids[0] == bos  # the file's post-processor adds BOS ...
+    assert hf_tok.encode("37+58=") == lib_ids(hf, "37+58=") and bos not in hf_tok.encode("37+58=")  # ... encode not
+    for text in ["reverse:abc=", "héllo wörld", "", "x y  z"]:
+        ids = hf_tok.encode(text)
+        assert ids == lib_ids(hf, text) and hf_tok.decode(ids) == text  # byte-level BPE: an exact round trip
+        assert hf_tok.decode([bos, *ids, eos, *lib_ids(hf, "tail")]) == text  # BOS skipped, stops at EOS
+    assert hf_tok.decode(np.array([bos, *lib_ids(hf, "ab"), pad, *lib_ids(hf, "cd")])) == "abcd"  # pad id skipped
+    named = HFTokenizer(hf, bos_id="<s>", eos_id="</s>", pad_id="[PAD]")
+    assert (named.bos_id, named.eos_id, named.pad_id) == (bos, eos, pad) and named != hf_tok
+    assert HFTokenizer(hf, bos_id=bos, eos_id=eos, name="elsewhere") == hf_tok  # the name is not compared
+    assert hash(HFTokenizer(hf, bos_id=bos, eos_id=eos)) == hash(hf_tok) and hf_tok != BYTE
+    assert pickle.loads(pickle.dumps(hf_tok)) == hf_tok
+    with pytest.raises(ValueError, match=r"tokenizer test: eos_id must be an id of its vocabulary \(0..302\), got 303"):
+        HFTokenizer(hf, bos_id=bos, eos_id=303, name="test")
+    with pytest.raises(ValueError, match=r"pad_id '<pad>' is not a token of its vocabulary"):
+        HFTokenizer(hf, bos_id=bos, eos_id=eos, pad_id="<pad>")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        hf_tok.decode([303])
+    with pytest.raises(TypeError, match="str"):
+        hf_tok.encode(b"ab")
+
+
+def test_hf_tokenizer_switches_off_truncation_and_padding(hf, tmp_path):
+    truncating = Tokenizer.from_str(hf.to_str())
+    truncating.enable_truncation(max_length=3)
+    truncating.enable_padding(length=40, pad_id=302, pad_token="[PAD]")
+    truncating.save(str(tmp_path / "tokenizer.json"))
+    tok = HFTokenizer.from_file(tmp_path / "tokenizer.json", bos_id="<s>", eos_id="</s>")
+    text = "reverse:abcdefg=gfedcba"
+    assert len(lib_ids(hf, text)) > 3 and tok.encode(text) == lib_ids(hf, text)
+    assert truncating.truncation is not None  # the caller's object is left alone
+    assert HFTokenizer(truncating, bos_id="<s>", eos_id="</s>").encode(text) == lib_ids(hf, text)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json: not a Hugging Face tokenizer.json"):
+        HFTokenizer.from_file(tmp_path / "bad.json", bos_id=0, eos_id=0)
+    with pytest.raises(FileNotFoundError, match="none.json"):
+        HFTokenizer.from_file(tmp_path / "none.json", bos_id=0, eos_id=0)
+
+
+def test_encode_examples_with_a_hf_tokenizer_by_hand(hf, hf_tok):
+    bos, eos = hf_tok.bos_id, hf_tok.eos_id
+    examples = [("37+58=", "95"), ("reverse:abc=", "cba"), MERGED, ("", "héllo wörld")]
+    parts = [(lib_ids(hf, p), lib_ids(hf, c)) for p, c in examples]
+    seq_len = max(len(p) + len(c) + 1 for p, c in parts) + 2
+    out = encode_examples(examples, seq_len, hf_tok)
+    for row, (p, c) in enumerate(parts):
+        seq = [bos, *p, *c, eos] + [eos] * (seq_len + 1 - len(p) - len(c) - 2)  # padded with pad_id = eos
+        assert out["inputs"][row].tolist() == seq[:-1] and out["targets"][row].tolist() == seq[1:]
+        assert out["mask"][row].tolist() == [0] * len(p) + [1] * (len(c) + 1) + [0] * (seq_len - len(p) - len(c) - 1)
+        assert example_tokens(examples[row], hf_tok) == len(p) + len(c) + 1
+        picked = out["targets"][row][out["mask"][row] == 1]
+        assert picked[-1] == eos and hf_tok.decode(picked) == examples[row][1]
+    # the prompt and the completion are encoded apart: joined, this example's text has a token across the boundary
+    p, c = parts[2]
+    assert lib_ids(hf, "".join(MERGED)) != p + c
+    assert out["inputs"][2][1:1 + len(p) + len(c)].tolist() == p + c
+    need = len(parts[1][0]) + len(parts[1][1]) + 1
+    with pytest.raises(ValueError, match=rf"example 1 \('reverse:abc=' -> 'cba'\) needs seq_len {need}, longer than "):
+        encode_examples([("a", "b"), examples[1]], need - 1, hf_tok)
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        encode_examples(examples, seq_len, "gpt2")
+
+
+def test_tasks_with_a_hf_tokenizer(hf, hf_tok, tmp_path):
+    task = make_task("sort", num_train=200, num_val=20, seed=1, tokenizer=hf_tok)
+    byte_task = make_task("sort", num_train=200, num_val=20, seed=1)
+    assert task.train == byte_task.train and task.val == byte_task.val and task.tokenizer == hf_tok
+    assert task != byte_task
+    need = max(len(lib_ids(hf, p)) + len(lib_ids(hf, c)) + 1 for p, c in task.train + task.val)
+    assert task.seq_len % 8 == 0 and task.seq_len - 8 < need <= task.seq_len < byte_task.seq_len
+    assert fit_seq_len(task.train + task.val, tokenizer=hf_tok) == task.seq_len
+    val = task.encode("val")
+    assert all((val[k] == encode_examples(task.val, task.seq_len, hf_tok)[k]).all() for k in val)
+    wide = task.encode("train", task.seq_len + 8)  # the engine's common length: more padding, nothing else
+    narrow = task.encode("train")
+    assert wide["inputs"].shape == (200, task.seq_len + 8)
+    assert all((wide[k][:, :task.seq_len] == narrow[k]).all() for k in narrow)
+    assert (wide["inputs"][:, task.seq_len:] == hf_tok.pad_id).all() and not wide["mask"][:, task.seq_len:].any()
+    with pytest.raises(ValueError, match=r"task 'sort' val: example \d+ .* needs seq_len"):
+        task.encode("val", need - 1)
+    with pytest.raises(ValueError, match="longer than seq_len"):
+        make_task("sort", num_train=200, num_val=20, seed=1, seq_len=need - 1, tokenizer=hf_tok)
+    assert resolve_task("sort", 1, num_train=200, num_val=20, tokenizer=hf_tok) == task
+    # JSONL lengths are counted in the tokenizer's tokens
+    records = [{"prompt": f"reverse:{w}=", "completion": w[::-1]} for w in ("abc", "abcd", "pqrs", "lmnop")]
+    path = write_lines(tmp_path / "r.jsonl", [json.dumps(r) for r in records])
+    needs = [len(lib_ids(hf, r["prompt"])) + len(lib_ids(hf, r["completion"])) + 1 for r in records]
+    cut = sorted(needs)[1]  # keeps the two shortest (and any tied with them)
+    loaded = load_jsonl_task(path, seq_len=cut, tokenizer=hf_tok)
+    assert len(loaded.train) + len(loaded.val) == sum(n <= cut for n in needs) and loaded.tokenizer == hf_tok
+    assert all(f"more than seq_len {cut}" in line for line in loaded.bad_lines)
+    assert resolve_task(str(path), 0, tokenizer=hf_tok) == load_jsonl_task(path, tokenizer=hf_tok)
+
+
+def test_metaspace_tokenizer_marks_the_completions_start():
+    sp = train_tokenizer("metaspace")
+    tok = HFTokenizer(sp, bos_id="<s>", eos_id="</s>", pad_id="[PAD]")
+    out = encode_examples([("37+58=", "95")], 16, tok)
+    picked = out["targets"][0][out["mask"][0] == 1]
+    assert picked[:-1].tolist() == lib_ids(sp, "95") and sp.id_to_token(int(picked[0])).startswith("\u2581")
+    assert tok.decode(picked) == "95"
+    assert (out["inputs"][0][1 + len(lib_ids(sp, "37+58=")) + len(picked):] == tok.pad_id).all()

@@ -38,9 +38,10 @@ from tqdm.auto import tqdm
 from qrjax.lora import batched, schedule
 from qrjax.lora.config import LlamaConfig, TuneConfig
 from qrjax.lora.early_exit import EarlyExitConfig, Monitor, Underperforming, warmup_steps
-from qrjax.lora.tasks import GridPoint, Task, encode_examples
+from qrjax.lora.tasks import GridPoint, Task
 from qrjax.parallel import make_mesh
 from qrjax.train.checkpoint import Checkpointer
+from qrjax.train.optim import make_optimizer
 
 STATUSES = ("queued", "running", "finished", "exited")
 
@@ -84,8 +85,8 @@ class _Data:
 
     def __init__(self, tasks: dict[str, Task]):
         self.seq_len = max(t.seq_len for t in tasks.values())
-        self.train = {n: encode_examples(t.train, self.seq_len) for n, t in tasks.items()}
-        self.val = {n: encode_examples(t.val, self.seq_len) for n, t in tasks.items()}
+        self.train = {n: t.encode("train", self.seq_len) for n, t in tasks.items()}
+        self.val = {n: t.encode("val", self.seq_len) for n, t in tasks.items()}
 
     def batch(self, job: Job, seed: int) -> dict:
         """The job's batch for its next step: deterministic in (seed, configuration, step), so a resumed run sees the
@@ -120,6 +121,34 @@ def save_peft_adapter(directory: str | Path, adapter: dict, rank: int, alpha: fl
     return directory
 
 
+def make_tx(config: TuneConfig):
+    """The per-adapter optimiser at learning rate 1 (the shared trainer's AdamW, constant schedule, clipping per
+    adapter); each slot's update is then scaled by its own learning rate, which is what AdamW at that rate does
+    (optax scales the decayed-weight term by the learning rate too). Constant: the schedule's length does not
+    matter, and one length keeps one (cached) transformation, static metadata of the state, for every run."""
+    return make_optimizer("adamw", 1.0, 2, 0, end_learning_rate=1.0, weight_decay=config.weight_decay,
+                          grad_clip=config.grad_clip or None)
+
+
+def measure_capacity(steps_fn: batched.Steps, config: TuneConfig, model_config: LlamaConfig, base, tx, seq_len: int,
+                     batches: Sequence[int] = (4, 8, 16, 32)) -> tuple[int, schedule.MemoryModel, list]:
+    """ALTO's memory model on this run's own program: the train step compiled for a buffer of B sequences per device
+    for each B in `batches`, its bytes per device from XLA's accounting (`schedule.measure_memory`), the fit
+    M(B) = k0 + k1·B·L, and the largest B within config.memory_budget_mb with the safety margin
+    -> (capacity, model, points)."""
+    num = config.devices * config.slots
+    state = jax.device_put(batched.init_slots(config, model_config, num, tx), steps_fn.state_sharding)
+    zeros = np.zeros(num, np.float32)
+
+    def build(b):
+        buf, seqs = batched.pack([None] * num, config.devices, b, seq_len)
+        return steps_fn.train.lower(base, state, buf, batched.SlotInputs(seqs, zeros, zeros)).compile()
+
+    points = schedule.measure_memory(build, batches, seq_len)
+    model = schedule.MemoryModel.fit(points)
+    return model.capacity(config.memory_budget_mb * 2**20, seq_len, config.memory_margin), model, points
+
+
 def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequence[GridPoint], config: TuneConfig,
          workdir: str | Path, *, placement: str = "queue", progress: bool = True, max_engine_steps: int | None = None,
          export: bool = True) -> dict:
@@ -135,7 +164,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
             raise ValueError(f"configuration {p.label}: unknown task {p.task!r}; tasks: {sorted(tasks)}")
         if p.rank > config.rank_max:
             raise ValueError(f"configuration {p.label}: rank {p.rank} > rank_max {config.rank_max}")
-        if p.batch > config.capacity:
+        if p.batch > config.capacity and not config.memory_budget_mb:
             raise ValueError(f"configuration {p.label}: batch {p.batch} > capacity {config.capacity} sequences")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +173,8 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     if len(jax.devices()) < devices:
         raise ValueError(f"devices {devices}: only {len(jax.devices())} available")
     mesh = make_mesh((devices,), (batched.AXIS,), devices=jax.devices()[:devices])
-    steps_fn = batched.make_steps(config, model_config, mesh)
+    tx = make_tx(config)
+    steps_fn = batched.make_steps(config, model_config, mesh, tx)
     data = _Data(tasks)
     seq_len = data.seq_len
     ee = EarlyExitConfig(enabled=config.early_exit, ema_alpha=config.ema_alpha)
@@ -158,9 +188,22 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     done_tasks: set[str] = set()
     engine_step = 0
 
-    state = jax.device_put(batched.init_slots(config, model_config, num_slots), steps_fn.state_sharding)
+    base = jax.device_put(base, steps_fn.base_sharding)
+    memory = None
+    if config.memory_budget_mb > 0:
+        capacity, fitted, measured = measure_capacity(steps_fn, config, model_config, base, tx, seq_len)
+        # never more than every slot at the largest batches needs: a larger buffer would only be padding
+        capacity = min(capacity, sum(sorted((p.batch for p in points), reverse=True)[:per_device]))
+        memory = {"k0": fitted.k0, "k1": fitted.k1, "r2": fitted.r_squared(measured), "points": measured,
+                  "budget_mb": config.memory_budget_mb, "margin": config.memory_margin, "capacity": capacity}
+        largest = max(p.batch for p in points)
+        if capacity < largest:
+            raise ValueError(f"memory_budget_mb {config.memory_budget_mb}: the memory model (k0 {fitted.k0:.0f} B, "
+                             f"k1 {fitted.k1:.1f} B per token) fits {capacity} sequences per device, fewer than the "
+                             f"largest batch {largest}")
+        config = dataclasses.replace(config, capacity=capacity)
+    state = jax.device_put(batched.init_slots(config, model_config, num_slots, tx), steps_fn.state_sharding)
     best = jax.device_put(jax.tree.map(np.zeros_like, jax.device_get(state.adapters)), steps_fn.state_sharding.adapters)
-    base = jax.device_put(base, steps_fn.replicated)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=1)
     if ckpt.latest_step is not None:
         restored, meta = ckpt.restore({"state": state, "best": best})
@@ -370,6 +413,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         ckpt.wait()
         ckpt.close()
     summary = _summary(jobs, tasks, engine_step, time.perf_counter() - t0, config, placement)
+    summary["memory_model"] = memory
     if not any(j.status in ("queued", "running") for j in jobs):
         (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -386,4 +430,5 @@ def _summary(jobs, tasks, engine_step, seconds, config, placement) -> dict:
             "samples": int(sum(j.samples for j in jobs)), "engine_steps": engine_step,
             "exits": {r: sum(j.exit_reason == r for j in jobs) for r in ("diverged", "overfit", "underperforming")},
             "bad_lines": [line for t in tasks.values() for line in t.bad_lines], "seconds": round(seconds, 3),
-            "early_exit": config.early_exit, "slots": config.slots, "devices": config.devices, "placement": placement}
+            "early_exit": config.early_exit, "slots": config.slots, "devices": config.devices, "placement": placement,
+            "capacity": config.capacity, "shard_backbone": config.shard_backbone}

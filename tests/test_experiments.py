@@ -242,7 +242,7 @@ def test_clip_training_smoke(tmp_path):
 def test_alto_tuning_smoke(tmp_path):
     # two tasks x 4 configurations, 6 steps; targets q,v only: the four runs' compiles dominate the time
     cmd = [sys.executable, str(ROOT / "experiments" / "alto_tuning.py"), "--tasks", "arithmetic,reverse", "--lrs",
-           "1e-2,1e-1", "--ranks", "2", "--batches", "2,4", "--steps", "6", "--eval-every", "2", "--num-train", "32",
+           "3e-3,1e-2", "--ranks", "2", "--batches", "2,4", "--steps", "6", "--eval-every", "2", "--num-train", "32",
            "--num-val", "8", "--slots", "4", "--d-slots", "2", "--d-devices", "2", "--set", "targets=q_proj,v_proj",
            "--kernel-dim", "64", "--kernel-adapters", "2,4", "--kernel-seqs", "1", "--kernel-seq-len", "16",
            "--rounds", "1", "--quiet", "--out", str(tmp_path)]
@@ -261,7 +261,7 @@ def test_alto_tuning_smoke(tmp_path):
         assert run["samples"] == sum(c["samples"] for c in run["configs"]) == sum(
             c["steps"] * c["batch"] for c in run["configs"]), name
         assert sum(run["exits"].values()) == sum(c["status"] == "exited" for c in run["configs"]), name
-        assert run["seconds"] > 0 and set(run["best"]) == {"arithmetic", "reverse"}, name
+        assert run["seconds"] > 0 and run["warmup_seconds"] > 0 and set(run["best"]) == {"arithmetic", "reverse"}, name
     assert (runs["a"]["slots"], runs["b"]["slots"], runs["d"]["devices"], runs["d"]["placement"]) == (1, 4, 2, "cp-sat")
     for name in ("a", "b"):  # no early exit: every configuration trains its full steps
         assert all(c["status"] == "finished" and c["steps"] == steps for c in runs[name]["configs"]), name
@@ -272,7 +272,8 @@ def test_alto_tuning_smoke(tmp_path):
     assert runs["d"]["samples"] <= runs["b"]["samples"]
     assert runs["c"]["exits"]["underperforming"] > 0  # ceil(0.25 * 4) = 1 of each task's 4 is sure to stay
     # every run trains a configuration from the same seed on the same batches: what finishes agrees with (a) to float
-    # rounding, and an exit can only keep a best validation loss from fewer evaluations, never a lower one
+    # rounding, and an exit can only keep a best validation loss from fewer evaluations, never a lower one. (At lr 0.1 the
+    # runs' rounding differences grew to 2e-4 relative within 6 steps in (d): lr 0.1 is not in this grid.)
     ref = {(c["task"], c["index"]): c["best_val_loss"] for c in runs["a"]["configs"]}
     for name in ("b", "c", "d"):
         for c in runs[name]["configs"]:
@@ -290,8 +291,9 @@ def test_alto_tuning_smoke(tmp_path):
     rows = result["kernel"]["rows"]
     assert [(r["adapters"], r["seqs_per_adapter"], r["tokens"]) for r in rows] == [(2, 1, 32), (4, 1, 64)]
     for r in rows:
-        assert set(r["median_ms"]) == {"grouped", "sequential", "base GEMM"} and r["ratio_sequential_over_grouped"] > 0
-        assert r["max_abs_diff_vs_sequential"]["grouped"] < 1e-4
+        assert set(r["median_ms"]) == {"grouped", "gather", "sequential", "base GEMM"}
+        assert r["ratio_sequential_over_grouped"] > 0 and r["ratio_sequential_over_gather"] > 0
+        assert max(r["max_abs_diff_vs_sequential"].values()) < 1e-4
     assert result["machine"]["device_count"] >= 2
     assert (tmp_path / "alto_tuning.md").read_text().startswith("# ALTO tuning")
     assert (tmp_path / "alto_tuning.png").stat().st_size > 0

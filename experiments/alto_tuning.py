@@ -21,7 +21,10 @@ same batches):
 (d) (c) + cross-task placement: `--d-devices` simulated devices with `--d-slots` slots each, tasks placed on whole
     devices by CP-SAT (`placement="cp-sat"`). The simulated devices share the host's cores, so (d)'s wall time is
     the sum of every device's work; its engine steps are the makespan a machine with that many real devices would
-    take in steps.
+    take in steps;
+(e) (c) with the configurations queued in a seeded random order instead of the grid's (task-major, learning rate
+    ascending): the online underperforming rule exits a configuration only when ceil(n/4) of its task's reported
+    ones beat it at warm-up, so what it saves depends on the order in which configurations reach warm-up.
 Per run: wall time (`seconds` of the engine's summary; before it, unless --no-warmup, a 2-step run of one
 configuration per task at the same shapes compiled the run's programs, and its seconds are reported apart), engine
 steps, samples trained, exits by reason, each task's best validation loss (min over its configurations), every
@@ -62,6 +65,7 @@ RUNS = {
     "b": "batched",
     "c": "batched + early exit",
     "d": "batched + early exit + CP-SAT placement",
+    "e": "batched + early exit, queue shuffled",
 }
 REASONS = ("underperforming", "diverged", "overfit")
 
@@ -86,8 +90,8 @@ def run_config(base, run: str, args, max_batch: int):
     """The TuneConfig of run a/b/c/d: the base config with the run's slots, capacity, early exit and devices."""
     if run == "a":
         changes = {"slots": 1, "capacity": max_batch, "early_exit": False, "devices": 1}
-    elif run in ("b", "c"):
-        changes = {"slots": args.slots, "capacity": args.slots * max_batch, "early_exit": run == "c", "devices": 1}
+    elif run in ("b", "c", "e"):
+        changes = {"slots": args.slots, "capacity": args.slots * max_batch, "early_exit": run != "b", "devices": 1}
     else:
         changes = {"slots": args.d_slots, "capacity": args.d_slots * max_batch, "early_exit": True,
                    "devices": args.d_devices}
@@ -157,7 +161,7 @@ def tuning_runs(args, root: Path, backbone) -> dict:
     model_config, params, _ = backbone
     base = get_tune_config(args.preset, args.set)
     changes = {k: v for k, v in (("steps", args.steps), ("eval_every", args.eval_every),
-                                 ("num_train", args.num_train), ("num_val", args.num_val)) if v is not None}
+                                 ("num_train", args.num_train), ("num_val", args.num_val)) if v}
     base = dataclasses.replace(base, seed=args.seed, **changes)
     grid = Grid.product(args.lrs, args.ranks, args.batches)
     points = grid.configs(args.tasks)
@@ -175,7 +179,10 @@ def tuning_runs(args, root: Path, backbone) -> dict:
             warm_points = [next(p for p in points if p.task == t) for t in args.tasks]
             warm = tune((model_config, params), tasks, warm_points, warm_config, root / f"{run}-warmup",
                         placement=placement, progress=False, export=False)["seconds"]
-        summary = tune((model_config, params), tasks, points, config, root / run, placement=placement,
+        order = points
+        if run == "e":  # the same configurations (same indices, hence seeds and batches), admitted in another order
+            order = [points[i] for i in np.random.default_rng(args.seed).permutation(len(points))]
+        summary = tune((model_config, params), tasks, order, config, root / run, placement=placement,
                        progress=not args.quiet, export=True)
         runs[run] = {"name": RUNS[run], "config": dataclasses.asdict(config), "warmup_seconds": warm,
                      "load_average_after": list(os.getloadavg()), **summary}
@@ -209,7 +216,20 @@ def tuning_runs(args, root: Path, backbone) -> dict:
                         "within_noise": bool(abs(diff) <= 2 * ratio_se(sa, ca)),
                         "recomputed_a": float(sa.sum() / ca.sum()), "recomputed_c": float(sc.sum() / cc.sum()),
                         "val_examples": int(sa.size)}
+            if "b" in runs:
+                bb = runs["b"]["best"][t]["best_val_loss"]
+                noise[t].update(best_b=bb, diff_b_minus_a=bb - ba["best_val_loss"],
+                                diff_c_minus_b=bc["best_val_loss"] - bb)
         out["noise"] = noise
+    if "a" in runs and "b" in runs:
+        # (a) and (b) train every configuration identically up to float rounding (one slot vs eight in a program):
+        # how far their best validation losses drift apart is the training's sensitivity to rounding
+        ref = {(c["task"], c["index"]): c["best_val_loss"] for c in runs["a"]["configs"]}
+        spread = {}
+        for c in runs["b"]["configs"]:
+            spread.setdefault(c["lr"], []).append(abs(c["best_val_loss"] - ref[(c["task"], c["index"])]))
+        out["rounding_spread_b_vs_a"] = {str(lr): {"configs": len(v), "median": float(np.median(v)),
+                                                   "max": float(np.max(v))} for lr, v in sorted(spread.items())}
     return out
 
 
@@ -260,13 +280,15 @@ def kernel_table(args) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="a,b,c,d", help="tuning runs: a, b, c, d (see above); empty: none")
+    ap.add_argument("--runs", default="a,b,c,d,e", help="tuning runs: a, b, c, d, e (see above); empty: none")
     ap.add_argument("--tasks", default="arithmetic,reverse,sort,recall", help="built-in tasks")
     ap.add_argument("--backbone", default="tiny", help="a shipped backbone or a checkpoint directory")
     ap.add_argument("--preset", default="cpu", help="TuneConfig preset")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TuneConfig override")
-    ap.add_argument("--steps", type=int, default=None, help="steps per configuration (default: the preset's)")
-    ap.add_argument("--eval-every", type=int, default=None, help="(default: the preset's)")
+    # the cpu preset's 300 steps, evaluated every 20, would take the four runs about 3x the default's time here;
+    # evaluating every 10 steps lets the divergence and overfitting rules act from step 40 (4th evaluation + p = 2)
+    ap.add_argument("--steps", type=int, default=100, help="steps per configuration (0: the preset's)")
+    ap.add_argument("--eval-every", type=int, default=10, help="(0: the preset's)")
     ap.add_argument("--num-train", type=int, default=None, help="training examples per task (default: the preset's)")
     ap.add_argument("--num-val", type=int, default=None, help="validation examples per task (default: the preset's)")
     ap.add_argument("--lrs", default=None, help="grid learning rates (default: qrjax.lora.tasks.DEFAULT_LRS)")
@@ -380,16 +402,26 @@ def markdown(p: dict) -> str:
         md += ["", "## Best validation loss per task (min over its configurations; mean token cross-entropy)", ""]
         noise = tu.get("noise", {})
         md.append(bench.markdown_table(
-            ["task"] + [f"({r})" for r in runs] + ["SE (a)", "(c) - (a)", "paired SE", "(c) within noise"],
+            ["task"] + [f"({r})" for r in runs] + ["SE (a)", "(c) - (a)", "paired SE", "(c) within 2 SE of (a)",
+                                                   "(b) - (a): rounding", "(c) - (b): early exit"],
             [[t] + [_fmt(runs[r]["best"].get(t, {}).get("best_val_loss")) + f" (#{runs[r]['best'][t]['index']})"
                     if t in runs[r]["best"] else "-" for r in runs]
              + ([_fmt(noise[t]["se_a"]), _fmt(noise[t]["diff_c_minus_a"]), _fmt(noise[t]["se_diff"]),
-                 "yes" if noise[t]["within_noise"] else "no"] if t in noise else ["-"] * 4)
+                 "yes" if noise[t]["within_noise"] else "no", _fmt(noise[t].get("diff_b_minus_a")),
+                 _fmt(noise[t].get("diff_c_minus_b"))] if t in noise else ["-"] * 6)
              for t in tu["tasks"]]))
-        md += ["", "(#i: the configuration's index.) Noise: the validation set's standard error of the mean token "
+        md += ["", "(#i: the configuration's index.) Noise: the validation set's standard error (SE) of the mean token "
                "loss (ratio estimator over per-example loss sums and completion tokens of the exported best "
                "adapters); within noise = |(c) - (a)| <= 2 SE (a); the paired SE is that of the difference on the same "
-               "examples. This is the finite validation set's noise, not training randomness.", ""]
+               "examples. The SE is the finite validation set's noise, not training randomness. (b) trains every "
+               "configuration as (a) does up to float rounding, and (c) as (b) does with the same programs, so "
+               "(b) - (a) is the training's sensitivity to rounding and (c) - (b) early exit's own effect "
+               "(0 when it kept (b)'s best configuration).", ""]
+        spread = tu.get("rounding_spread_b_vs_a")
+        if spread:
+            md += ["Rounding spread: |best val (b) - best val (a)| of the same configuration, by learning rate: "
+                   + "; ".join(f"lr {lr}: median {v['median']:.2g}, max {v['max']:.2g} ({v['configs']} configurations)"
+                               for lr, v in spread.items()) + ".", ""]
     if "kernel" in p:
         rows = p["kernel"]["rows"]
         gpu = any("pallas" in r["median_ms"] for r in rows)
@@ -434,7 +466,7 @@ def plot(p: dict, out: Path) -> None:
         if "a" in runs:
             ref = {(c["task"], c["index"]): c for c in runs["a"]["configs"]}
             marks = {None: "o", "underperforming": "x", "diverged": "^", "overfit": "s"}
-            for r in [r for r in ("c", "d") if r in runs]:
+            for r in [r for r in ("b", "c", "e") if r in runs]:
                 for reason, marker in marks.items():
                     pts = [(ref[(c["task"], c["index"])]["best_val_loss"], c["best_val_loss"]) for c in
                            runs[r]["configs"] if c["exit_reason"] == reason and c["best_val_loss"] is not None

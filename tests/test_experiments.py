@@ -252,7 +252,7 @@ def test_alto_tuning_smoke(tmp_path):
     assert result["args"]["steps"] == 6 and result["args"]["tasks"] == ["arithmetic", "reverse"]
     tuning = result["tuning"]
     runs = tuning["runs"]
-    assert list(runs) == ["a", "b", "c", "d"] and tuning["configurations"] == 8
+    assert list(runs) == ["a", "b", "c", "d", "e"] and tuning["configurations"] == 8
     grid = {(t, i) for i, t in enumerate(["arithmetic"] * 4 + ["reverse"] * 4)}
     steps = 6
     for name, run in runs.items():
@@ -269,13 +269,13 @@ def test_alto_tuning_smoke(tmp_path):
     # one configuration per engine step in (a); (b) trains up to 4 at once
     assert runs["a"]["engine_steps"] == 8 * steps and runs["b"]["engine_steps"] >= 2 * steps
     assert runs["c"]["samples"] <= runs["b"]["samples"] == runs["a"]["samples"]
-    assert runs["d"]["samples"] <= runs["b"]["samples"]
+    assert runs["d"]["samples"] <= runs["b"]["samples"] and runs["e"]["samples"] <= runs["b"]["samples"]
     assert runs["c"]["exits"]["underperforming"] > 0  # ceil(0.25 * 4) = 1 of each task's 4 is sure to stay
     # every run trains a configuration from the same seed on the same batches: what finishes agrees with (a) to float
     # rounding, and an exit can only keep a best validation loss from fewer evaluations, never a lower one. (At lr 0.1 the
     # runs' rounding differences grew to 2e-4 relative within 6 steps in (d): lr 0.1 is not in this grid.)
     ref = {(c["task"], c["index"]): c["best_val_loss"] for c in runs["a"]["configs"]}
-    for name in ("b", "c", "d"):
+    for name in ("b", "c", "d", "e"):
         for c in runs[name]["configs"]:
             a = ref[(c["task"], c["index"])]
             if c["status"] == "finished":
@@ -287,7 +287,10 @@ def test_alto_tuning_smoke(tmp_path):
         # the per-example losses of the exported adapters reproduce the engine's validation losses
         assert abs(n["recomputed_a"] - n["best_a"]) < 1e-4 and abs(n["recomputed_c"] - n["best_c"]) < 1e-4
         assert n["se_a"] > 0 and n["best_c"] >= n["best_a"] * (1 - 1e-4) and isinstance(n["within_noise"], bool)
-    assert set(tuning["ratios_vs_a"]) == {"a", "b", "c", "d"} and tuning["ratios_vs_a"]["a"]["wall"] == 1
+    assert set(tuning["ratios_vs_a"]) == set(runs) and tuning["ratios_vs_a"]["a"]["wall"] == 1
+    assert [n["diff_c_minus_b"] for n in tuning["noise"].values()] == [
+        runs["c"]["best"][t]["best_val_loss"] - runs["b"]["best"][t]["best_val_loss"] for t in tuning["noise"]]
+    assert set(tuning["rounding_spread_b_vs_a"]) == {"0.003", "0.01"}
     rows = result["kernel"]["rows"]
     assert [(r["adapters"], r["seqs_per_adapter"], r["tokens"]) for r in rows] == [(2, 1, 32), (4, 1, 64)]
     for r in rows:

@@ -3,7 +3,7 @@ backbone, five ways in one run, and the grouped LoRA matmul against per-adapter 
 
     python experiments/alto_tuning.py                        # the default run: about 10 minutes on 2 CPU cores
     python experiments/alto_tuning.py --runs a,b,c --tasks arithmetic,reverse,sort
-    python experiments/alto_tuning.py --gpu                  # adds the Pallas kernel to the kernel table
+    python experiments/alto_tuning.py --gpu --runs ""        # the kernel table with the Pallas kernel (one GPU)
     python experiments/alto_tuning.py --tasks arithmetic,reverse --lrs 3e-3,1e-2 --ranks 2 --batches 2,4 \\
         --steps 6 --eval-every 2 --num-train 32 --num-val 8 --slots 4 --d-slots 2 --d-devices 2 --kernel-dim 64 \\
         --kernel-adapters 2,4 --kernel-seqs 1 --kernel-seq-len 16 --rounds 1    # smoke test

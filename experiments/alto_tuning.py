@@ -294,7 +294,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lrs", default=None, help="grid learning rates (default: qrjax.lora.tasks.DEFAULT_LRS)")
     ap.add_argument("--ranks", default=None, help="grid ranks (default: DEFAULT_RANKS)")
     ap.add_argument("--batches", default=None, help="grid batch sizes (default: DEFAULT_BATCHES)")
-    ap.add_argument("--slots", type=int, default=8, help="(b), (c): slots on the one device")
+    ap.add_argument("--slots", type=int, default=16, help="(b), (c), (e): slots on the one device")
     ap.add_argument("--d-slots", type=int, default=4, help="(d): slots per device")
     ap.add_argument("--d-devices", type=int, default=8, help="(d): simulated devices")
     ap.add_argument("--seed", type=int, default=0)

@@ -27,6 +27,7 @@ resumable: the slots' arrays and the host state are checkpointed every `checkpoi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -70,7 +71,7 @@ class Job:
         return {"task": p.task, "index": p.index, "lr": p.lr, "rank": p.rank, "batch": p.batch,
                 "status": self.status, "exit_reason": self.exit_reason, "steps": self.steps, "samples": self.samples,
                 "best_val_loss": None if not math.isfinite(self.best_val_loss) else self.best_val_loss,
-                "best_step": self.best_step}
+                "best_step": self.best_step, "evals": self.evals}
 
 
 def _monitor_state(m: Monitor) -> dict:
@@ -123,6 +124,12 @@ def save_peft_adapter(directory: str | Path, adapter: dict, rank: int, alpha: fl
               "target_modules": list(targets), "lora_dropout": 0.0, "bias": "none", **(meta or {})}
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=1) + "\n")
     return directory
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _keep_best(best, adapters, mask):
+    """best[i] = adapters[i] where mask[i] (a slot's new best validation loss); leaves keep their sharding."""
+    return jax.tree.map(lambda b, a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), best, adapters)
 
 
 def make_tx(config: TuneConfig):
@@ -325,7 +332,9 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         nonlocal best
         job.status, job.exit_reason = status, reason
         slot = job.slot
-        if export:
+        # a configuration without a finite evaluation (a NaN loss before its first) has no adapter worth keeping;
+        # best[slot] would still hold the slot's previous occupant's
+        if export and math.isfinite(job.best_val_loss):
             adapter = jax.tree.map(lambda x: np.asarray(x[slot]), jax.device_get(best))
             save_peft_adapter(workdir / "adapters" / f"{job.point.task}-{job.point.index}", adapter, job.point.rank,
                               config.alpha_ratio * job.point.rank, config.targets,
@@ -353,10 +362,6 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
                           "evals": j.evals, "monitor": _monitor_state(j.monitor)} for j in jobs]}
         ckpt.save(engine_step, {"state": state, "best": best}, json.loads(json.dumps(meta, default=float)),
                   force=True)
-
-    improve = jax.jit(lambda best, adapters, mask: jax.tree.map(
-        lambda b, a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), best, adapters),
-        donate_argnums=0, out_shardings=steps_fn.state_sharding.adapters)
 
     if placement == "cp-sat" and engine_step == 0:
         replan()
@@ -403,7 +408,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
                         job.best_val_loss, job.best_step = v, job.steps
                         mask[s] = True
                 if mask.any():
-                    best = improve(best, state.adapters, jnp.asarray(mask))
+                    best = _keep_best(best, state.adapters, jnp.asarray(mask))
                 reported = set()
                 for s, v in vals.items():
                     job = jobs[slot_job[s]]

@@ -197,6 +197,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
     device_task: list[str | None] = [None] * devices
     running_tasks: dict[str, schedule.Placement] = {}
     done_tasks: set[str] = set()
+    freed_batch: list[int | None] = [None] * devices  # the batch of the configuration that last left a device
     engine_step = 0
 
     base = jax.device_put(base, steps_fn.base_sharding)
@@ -229,6 +230,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         slot_job = meta["slot_job"]
         device_task = meta["device_task"]
         done_tasks = set(meta["done_tasks"])
+        freed_batch = meta["freed_batch"]
         running_tasks = {k: schedule.Placement(k, v[0], v[1], tuple(v[2])) for k, v in meta["running_tasks"].items()}
         for t, losses in meta["underperforming"].items():
             for cid, loss in losses:
@@ -272,25 +274,38 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
             for d in p.devices:
                 device_task[d] = p.name
 
+    task_order = list(dict.fromkeys(j.point.task for j in jobs))
+
     def admit():
+        """Fill free slots, device by device: tasks in order (a task's configurations before the next task's, so
+        they reach their warm-up boundaries together and the top-quarter rule acts before kept ones finish; later
+        tasks fill what is left), within a task `schedule.admit`'s greedy rule (descending batch under the
+        capacity, the batch size that just left first)."""
         nonlocal state
         for d in range(devices):
             own = range(d * per_device, (d + 1) * per_device)
             free = [s for s in own if slot_job[s] is None]
-            if not free:
-                continue
             task = device_task[d]
-            if placement == "cp-sat" and task is None:
+            if not free or (placement == "cp-sat" and task is None):
                 continue
-            queue = [j for j in jobs if j.status == "queued" and (task is None or j.point.task == task)]
             live = [jobs[slot_job[s]].point.batch for s in own if slot_job[s] is not None]
-            picks = schedule.admit([j.point for j in queue], live, config.capacity, len(free))
-            for slot, k in zip(free, picks):
-                job = queue[k]
-                job.status, job.slot = "running", slot
-                slot_job[slot] = jobs.index(job)
-                state = steps_fn.reset(state, jnp.int32(slot), jax.random.key(config.seed * 100003 + job.point.index),
-                                       jnp.int32(job.point.rank))
+            for t in task_order if task is None else [task]:
+                queue = [j for j in jobs if j.status == "queued" and j.point.task == t]
+                if not queue:
+                    continue
+                picks = schedule.admit([j.point for j in queue], live, config.capacity, len(free),
+                                       prefer_batch=freed_batch[d])
+                for slot, k in zip(list(free), picks):
+                    job = queue[k]
+                    job.status, job.slot = "running", slot
+                    slot_job[slot] = jobs.index(job)
+                    free.remove(slot)
+                    live.append(job.point.batch)
+                    state = steps_fn.reset(state, jnp.int32(slot),
+                                           jax.random.key(config.seed * 100003 + job.point.index),
+                                           jnp.int32(job.point.rank))
+                if not free:
+                    break
 
     def slot_arrays():
         scale = np.zeros(num_slots, np.float32)
@@ -341,6 +356,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
                               {"qrjax": {**job.record(), "best_step": job.best_step}})
         slot_job[slot] = None
         job.slot = None
+        freed_batch[slot // per_device] = job.point.batch
         with ended_file.open("a") as f:
             f.write(json.dumps(job.record()) + "\n")
         t = job.point.task
@@ -354,6 +370,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
 
     def save_checkpoint():
         meta = {"engine_step": engine_step, "slot_job": slot_job, "device_task": device_task,
+                "freed_batch": freed_batch,
                 "done_tasks": sorted(done_tasks),
                 "running_tasks": {k: [p.start, p.end, list(p.devices)] for k, p in running_tasks.items()},
                 "underperforming": {t: [[c, v] for c, v in u.losses.items()] for t, u in underperf.items()},

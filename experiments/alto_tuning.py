@@ -1,7 +1,8 @@
 """ALTO on the shipped backbone: a whole hyperparameter grid on several tasks, tuned as LoRA adapters of one frozen
 backbone, five ways in one run, and the grouped LoRA matmul against per-adapter matmuls.
 
-    python experiments/alto_tuning.py                        # the default run: about 10 minutes on 2 CPU cores
+    python experiments/alto_tuning.py                        # the default run: about 20 minutes on 2 CPU cores
+    python experiments/alto_tuning.py --steps 100 --eval-every 10                   # a shorter one (about 8)
     python experiments/alto_tuning.py --runs a,b,c --tasks arithmetic,reverse,sort
     python experiments/alto_tuning.py --gpu --runs ""        # the kernel table with the Pallas kernel (one GPU)
     python experiments/alto_tuning.py --tasks arithmetic,reverse --lrs 3e-3,1e-2 --ranks 2 --batches 2,4 \\
@@ -287,8 +288,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TuneConfig override")
     # the cpu preset's 300 steps, evaluated every 20, would take the four runs about 3x the default's time here;
     # evaluating every 10 steps lets the divergence and overfitting rules act from step 40 (4th evaluation + p = 2)
-    ap.add_argument("--steps", type=int, default=100, help="steps per configuration (0: the preset's)")
-    ap.add_argument("--eval-every", type=int, default=10, help="(0: the preset's)")
+    ap.add_argument("--steps", type=int, default=0, help="steps per configuration (0: the preset's, 300 for cpu)")
+    ap.add_argument("--eval-every", type=int, default=0, help="(0: the preset's, 20 for cpu)")
     ap.add_argument("--num-train", type=int, default=None, help="training examples per task (default: the preset's)")
     ap.add_argument("--num-val", type=int, default=None, help="validation examples per task (default: the preset's)")
     ap.add_argument("--lrs", default=None, help="grid learning rates (default: qrjax.lora.tasks.DEFAULT_LRS)")

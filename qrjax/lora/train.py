@@ -252,7 +252,11 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         return sum(j.point.batch * (config.steps - j.steps) for j in jobs if j.point.task == t and j.status in
                    ("queued", "running"))
 
+    planned: dict[str, schedule.Placement] = {}  # the latest plan's tasks not started yet
+
     def replan():
+        """CP-SAT placement of the tasks not yet started around the running ones (at the start and whenever a task
+        completes); starts those due now."""
         pending = [t for t in tasks if t not in done_tasks and t not in running_tasks and task_work(t) > 0]
         if not pending:
             return
@@ -261,18 +265,23 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         for t in pending:
             g = max(1, min(devices, round(devices * task_work(t) / total)))
             specs.append(schedule.TaskSpec(t, g, task_work(t) / (g * config.capacity)))
-        fixed = list(running_tasks.values())
-        plan = schedule.plan(specs, devices, fixed=fixed, now=float(engine_step), time_limit_s=5.0, workers=1)
-        busy = {d for p in fixed for d in p.devices}
-        for p in plan.placements:
-            if p.name in running_tasks or p.start > engine_step + 1e-9:
+        plan = schedule.plan(specs, devices, fixed=list(running_tasks.values()), now=float(engine_step),
+                             time_limit_s=5.0, workers=1)
+        planned.clear()
+        planned.update({p.name: p for p in plan.placements if p.name not in running_tasks})
+        start_due()
+
+    def start_due():
+        """Start the planned tasks whose start time has come and whose devices are free."""
+        busy = {d for p in running_tasks.values() for d in p.devices}
+        for name, p in sorted(planned.items(), key=lambda kv: kv[1].start):
+            if p.start > engine_step + 1e-9 or busy & set(p.devices):
                 continue
-            if busy & set(p.devices):
-                continue
-            running_tasks[p.name] = p
+            running_tasks[name] = p
+            del planned[name]
             busy |= set(p.devices)
             for d in p.devices:
-                device_task[d] = p.name
+                device_task[d] = name
 
     task_order = list(dict.fromkeys(j.point.task for j in jobs))
 
@@ -380,7 +389,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         ckpt.save(engine_step, {"state": state, "best": best}, json.loads(json.dumps(meta, default=float)),
                   force=True)
 
-    if placement == "cp-sat" and engine_step == 0:
+    if placement == "cp-sat":
         replan()
     bar = tqdm(total=len(jobs), desc="lora tune", disable=not progress or None, dynamic_ncols=True)
     bar.update(sum(j.status in ("finished", "exited") for j in jobs))
@@ -389,7 +398,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
             if max_engine_steps is not None and engine_step >= max_engine_steps:
                 break
             if placement == "cp-sat":
-                replan()
+                start_due()
             admit()
             live = [s for s in range(num_slots) if slot_job[s] is not None]
             if not live:

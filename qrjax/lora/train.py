@@ -359,7 +359,7 @@ def tune(backbone: tuple[LlamaConfig, Any], tasks: dict[str, Task], points: Sequ
         # a configuration without a finite evaluation (a NaN loss before its first) has no adapter worth keeping;
         # best[slot] would still hold the slot's previous occupant's
         if export and math.isfinite(job.best_val_loss):
-            adapter = jax.tree.map(lambda x: np.asarray(x[slot]), jax.device_get(best))
+            adapter = jax.tree.map(lambda x: np.asarray(x[slot]), best)  # one slot's slice leaves the device
             save_peft_adapter(workdir / "adapters" / f"{job.point.task}-{job.point.index}", adapter, job.point.rank,
                               config.alpha_ratio * job.point.rank, config.targets,
                               {"qrjax": {**job.record(), "best_step": job.best_step}})

@@ -4,4 +4,5 @@ from qrjax.quantum.circuit import GATE_SPECS, Circuit, Gate
 from qrjax.quantum.circuits import (CIRCUITS, bernstein_vazirani, build, ghz, qaoa_maxcut, qft, ising,
                                     random_circuit)
 from qrjax.quantum.qasm import QasmError, load_qasm, parse_qasm, to_qasm
-from qrjax.quantum.simulator import apply_gates, fidelity, simulate, zero_state
+from qrjax.quantum.simulator import (DEFAULT_FUSION, CompiledCircuit, apply_gates, compile_circuit, fidelity, prepare,
+                                    simulate, zero_state)

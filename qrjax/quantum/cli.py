@@ -33,14 +33,16 @@ def _circuit(args):
 
 
 def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bool | None = None,
-        exact=None, progress: bool = True) -> tuple[dict, object]:
+        exact=None, progress: bool = True, fusion: int | None = None) -> tuple[dict, object]:
     """-> (summary dict, final state: a CompressedState or a dense array).
 
+    The summary's `seconds` is the simulation alone; `compile_seconds` the XLA compilation before it (0 for programs
+    this process already compiled). `fusion`: the widest fused op (dense; compressed takes config.fusion).
     With `compressed`, the fidelity is measured against `exact` (a closed-form state, `qrjax.quantum.exact`) at any
     size, else against a dense run up to CHECK_MAX_QUBITS; check=False skips it."""
     import jax
 
-    from qrjax.quantum import fidelity, simulate
+    from qrjax.quantum import DEFAULT_FUSION, compile_circuit, fidelity, simulate
 
     n = circuit.num_qubits
     summary = {"circuit": circuit.name, "qubits": n, "gates": len(circuit.gates),
@@ -56,13 +58,17 @@ def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bo
             final = res.state
             summary.update(res.summary())
             summary.update(bound=config.bound, error_mode=config.mode, block_qubits=final.b,
-                           group_qubits=config.group_qubits)
+                           group_qubits=config.group_qubits, fusion=config.fusion)
         else:
+            fusion = DEFAULT_FUSION if fusion is None else fusion
             t0 = time.perf_counter()
-            final = simulate(circuit, dtype=dtype, progress=progress)
+            compiled = compile_circuit(circuit, dtype=dtype, fusion=fusion, progress=progress)
+            t1 = time.perf_counter()
+            final = compiled.run(progress=progress)
             final.block_until_ready()
-            summary.update(seconds=time.perf_counter() - t0, peak_bytes=final.nbytes, stages=None,
-                           compression_ratio=1.0)
+            summary.update(seconds=time.perf_counter() - t1 + compiled.plan_seconds,
+                           compile_seconds=t1 - t0 - compiled.plan_seconds, fusion=fusion, passes=compiled.passes,
+                           peak_bytes=final.nbytes, stages=None, compression_ratio=1.0)
         if compressed and check is not False:
             if exact is not None:
                 summary["fidelity"] = final.fidelity_to(exact, progress=progress)
@@ -81,7 +87,7 @@ def cmd_run(args) -> int:
     circuit = _circuit(args)
     config = None
     if args.compressed:
-        given = {k: getattr(args, k) for k in ("bound", "mode", "block_qubits", "group_qubits", "workers")
+        given = {k: getattr(args, k) for k in ("bound", "mode", "block_qubits", "group_qubits", "workers", "fusion")
                  if getattr(args, k) is not None}
         try:
             config = CompressedConfig(**given)
@@ -95,7 +101,7 @@ def cmd_run(args) -> int:
     try:
         exact = exact_amplitudes(args.circuit, args.qubits) if args.circuit else None
         summary, final = run(circuit, compressed=args.compressed, config=config, dtype=np.dtype(args.dtype),
-                             check=args.check, exact=exact, progress=not args.quiet)
+                             check=args.check, exact=exact, progress=not args.quiet, fusion=args.fusion)
     except ValueError as err:
         console.fail("qrjax quantum run", f"{err}")
     if args.save_state:
@@ -121,6 +127,8 @@ def register(systems) -> None:
     r.add_argument("--block-qubits", type=int, help="amplitudes per stored block = 2^B (default 20)")
     r.add_argument("--group-qubits", type=int, help="global qubits per stage (default 6)")
     r.add_argument("--workers", type=int, help="groups in flight (default 2)")
+    r.add_argument("--fusion", type=int, metavar="K",
+                   help="gate fusion: the widest fused op in qubits (default 3; 0: every gate its own pass)")
     r.add_argument("--dtype", default="complex64", choices=["complex64", "complex128"])
     r.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                    help=f"measure the fidelity: against the closed-form state (ghz, qft, bv; any size) or a dense run "

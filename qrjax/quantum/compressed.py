@@ -36,14 +36,15 @@ import numpy as np
 
 from qrjax.compression import Compressed, compress, decompress
 from qrjax.quantum.circuit import Circuit, Gate
-from qrjax.quantum.simulator import apply_gates
+from qrjax.quantum.simulator import DEFAULT_FUSION, MAX_FUSION, apply_gates, prepare
 
 
 @dataclasses.dataclass(frozen=True)
 class CompressedConfig:
     """block_qubits b: amplitudes per stored block = 2^b. group_qubits k: global qubits a stage may touch (a group
     is 2^(b+k) amplitudes, the dense working set per worker). bound/mode: the compressor's error bound (BMQSim's
-    default: point-wise relative 1e-3). workers: groups in flight. chunk: gates per compiled program."""
+    default: point-wise relative 1e-3). workers: groups in flight. chunk: gates per compiled program. fusion: the widest
+    fused op inside a group (`apply_gates`; 0: no fusion)."""
 
     block_qubits: int = 20
     group_qubits: int = 6
@@ -54,6 +55,7 @@ class CompressedConfig:
     workers: int = 2
     remap: bool = True
     chunk: int = 64
+    fusion: int = DEFAULT_FUSION
 
     def __post_init__(self):
         from qrjax.compression import MODES
@@ -63,6 +65,8 @@ class CompressedConfig:
             low = 0 if name == "group_qubits" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"CompressedConfig: {name}={v!r} must be an integer >= {low}")
+        if isinstance(self.fusion, bool) or not isinstance(self.fusion, int) or not 0 <= self.fusion <= MAX_FUSION:
+            raise ValueError(f"CompressedConfig: fusion={self.fusion!r} must be an integer in [0, {MAX_FUSION}]")
         if self.mode not in MODES:
             raise ValueError(f"CompressedConfig: mode {self.mode!r} is not one of {MODES}")
         if not (isinstance(self.bound, (int, float)) and 0 < self.bound < (1 if self.mode == "pw_rel" else math.inf)):
@@ -243,7 +247,7 @@ class CompressedState:
                 state = jnp.asarray(staging.reshape(-1))
                 del staging
                 for s in range(0, len(stage.gates), self.config.chunk):
-                    state = apply_gates(state, stage.gates[s:s + self.config.chunk])
+                    state = apply_gates(state, stage.gates[s:s + self.config.chunk], fusion=self.config.fusion)
                 if stage.perm is not None:
                     state = _permute_local(state, m, stage.perm)
                 state = state.reshape(len(idxs), -1)
@@ -253,6 +257,16 @@ class CompressedState:
             return idxs, out
         finally:
             self.meter.add(-2 * dense)
+
+    def prepare_stage(self, stage: Stage) -> None:
+        """Compile what run_stage will run for `stage` (its gate programs and its qubit permutation), so that a
+        caller can time compilation apart from the run."""
+        m = self.b + len(stage.globals)
+        with jax.enable_x64(self.dtype == np.complex128):
+            for s in range(0, len(stage.gates), self.config.chunk):
+                prepare(m, stage.gates[s:s + self.config.chunk], dtype=self.dtype, fusion=self.config.fusion)
+            if stage.perm is not None:
+                _permute_local(jnp.zeros(1 << m, self.dtype), m, stage.perm).block_until_ready()
 
     def run_stage(self, stage: Stage, progress: bool = False):
         order = stage.globals
@@ -319,6 +333,7 @@ class RunResult:
     state: CompressedState
     qubits: int
     seconds: float
+    compile_seconds: float
     stages: int
     gates: int
     compressions: int
@@ -331,19 +346,30 @@ class RunResult:
         return self.raw_bytes / max(self.stored_bytes, 1)
 
     def summary(self) -> dict:
-        return {"qubits": self.qubits, "seconds": self.seconds, "peak_bytes": self.peak_bytes, "stages": self.stages,
+        return {"qubits": self.qubits, "seconds": self.seconds, "compile_seconds": self.compile_seconds,
+                "peak_bytes": self.peak_bytes, "stages": self.stages,
                 "gates": self.gates, "compressions": self.compressions, "stored_bytes": self.stored_bytes,
                 "raw_bytes": self.raw_bytes, "compression_ratio": self.compression_ratio}
 
 
 def simulate_compressed(circuit: Circuit, config: CompressedConfig = CompressedConfig(), *, dtype=np.complex64,
                         progress: bool = False, on_stage: Callable[[int, Stage], None] | None = None) -> RunResult:
-    """Run `circuit` from |0...0> with the state held compressed; see the module docstring."""
+    """Run `circuit` from |0...0> with the state held compressed; see the module docstring. The programs are compiled
+    first (RunResult.compile_seconds: XLA compilation and the compressor's first call); RunResult.seconds is the
+    run after that, stage planning included."""
     if not isinstance(circuit, Circuit):
         raise ValueError(f"simulate_compressed: expected a Circuit, got {type(circuit).__name__}")
     t0 = time.perf_counter()
     st = CompressedState(circuit.num_qubits, config, dtype)
     stages, layout = plan_stages(circuit, st.b, config.group_qubits, remap=config.remap)
+    plan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for stage in stages:
+        st.prepare_stage(stage)
+    rng = np.random.default_rng(0)  # a generic block: the codec's programs for this block size and dtype
+    st._load(st._compress((rng.normal(size=1 << st.b) + 1j * rng.normal(size=1 << st.b)).astype(st.dtype)))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter() - plan_s
     it: Sequence[Stage] = stages
     if progress:
         from tqdm.auto import tqdm
@@ -354,5 +380,5 @@ def simulate_compressed(circuit: Circuit, config: CompressedConfig = CompressedC
         if on_stage:
             on_stage(s_idx, stage)
     st.layout = layout
-    return RunResult(st, circuit.num_qubits, time.perf_counter() - t0, len(stages), len(circuit.gates),
+    return RunResult(st, circuit.num_qubits, time.perf_counter() - t0, compile_s, len(stages), len(circuit.gates),
                      st.compressions, st.meter.peak, st.stored_bytes, st.raw_bytes)

@@ -6,8 +6,10 @@ bit q of an amplitude's index is qubit q, the order of `qiskit.quantum_info.Stat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import time
 from collections.abc import Sequence
 
 import jax
@@ -17,6 +19,25 @@ import numpy as np
 from qrjax.quantum.circuit import DIAGONAL_GATES, Circuit, Gate, gate_matrix
 
 _ZERO_TOL = 1e-12  # constant matrix entries below this (e.g. H @ H's off-diagonal 1e-17) are structural zeros
+DEFAULT_FUSION = 3  # widest fused op; see apply_gates for the measurements behind it
+MAX_FUSION = 6
+# Angles at which a parametrised gate's structural zeros are found: an entry that is zero at both of these generic
+# angle sets is zero for every angle (the entries are analytic in the angles), so masks depend on names alone.
+_GENERIC_ANGLES = ((0.7371, 1.9183, -2.4169, 0.3311), (-1.2863, 0.5477, 2.8808, -0.9157))
+
+
+def _embed(matrix: np.ndarray, src: tuple[int, ...], dst: tuple[int, ...]) -> np.ndarray:
+    """`matrix` (2^k x 2^k, bit j = qubit src[j]) written on `dst` (a superset of src, bit i = qubit dst[i]): the same
+    operator tensored with the identity on the qubits of dst not in src."""
+    if src == dst:
+        return matrix
+    rest = [q for q in dst if q not in src]
+    order = list(src) + rest  # bit j of the kron below is qubit order[j]: kron(I, M) puts M on the low bits
+    full = np.kron(np.eye(2 ** len(rest), dtype=matrix.dtype), matrix)
+    big = len(dst)
+    # tensor axis a (a < big: output) is bit big-1-a; new bit i is qubit dst[i], which is old bit order.index(dst[i])
+    perm = [big - 1 - order.index(dst[big - 1 - a]) for a in range(big)]
+    return full.reshape((2,) * (2 * big)).transpose(perm + [big + p for p in perm]).reshape(2**big, 2**big)
 
 
 class _Op:
@@ -35,26 +56,18 @@ class _Op:
         return not (self.mask & ~np.eye(len(self.mask), dtype=bool)).any()
 
     def on(self, qubits: tuple[int, ...]) -> _Op:
-        """This op written on `qubits` (a superset of self.qubits, at most 2): the same operator, new bit order."""
+        """This op written on `qubits` (a superset of self.qubits, any order)."""
         if self.qubits == qubits:
             return self
-        if len(self.qubits) == 2:  # the same pair, swapped
-            perm = np.ix_([0, 2, 1, 3], [0, 2, 1, 3])
-            return _Op(qubits, self.matrix[perm], self.mask[perm], self.constant)
-        eye = np.eye(2)
-        first = qubits.index(self.qubits[0]) == 0  # the op is bit 0 of the pair's matrix index
-        m = np.kron(eye, self.matrix) if first else np.kron(self.matrix, eye)
-        mask = np.kron(eye, self.mask) if first else np.kron(self.mask, eye)
-        return _Op(qubits, m, mask > 0, self.constant)
+        mask = _embed(self.mask.astype(np.float64), self.qubits, qubits) > 0
+        return _Op(qubits, _embed(self.matrix, self.qubits, qubits), mask, self.constant)
 
     def then(self, later: _Op) -> _Op:
-        """The op `later @ self` on the union of their qubits (at most 2)."""
-        qubits = self.qubits if set(later.qubits) <= set(self.qubits) else later.qubits
-        if not set(self.qubits) <= set(qubits):
-            qubits = (self.qubits[0], later.qubits[0])
+        """The op `later @ self` on the union of their qubits (this op's qubits first)."""
+        qubits = self.qubits + tuple(q for q in later.qubits if q not in self.qubits)
         a, b = self.on(qubits), later.on(qubits)
         m = b.matrix @ a.matrix
-        mask = (b.mask.astype(int) @ a.mask.astype(int)) > 0
+        mask = (b.mask.astype(np.int64) @ a.mask.astype(np.int64)) > 0
         constant = a.constant and b.constant
         if constant:
             mask &= np.abs(m) > _ZERO_TOL
@@ -62,51 +75,62 @@ class _Op:
         return _Op(qubits, m, mask, constant)
 
 
-def _gate_op(name: str, qubits: tuple[int, ...], params: tuple[float, ...]) -> _Op:
-    m = gate_matrix(name, params)
-    if not params:
+def _gate_op(gate: Gate) -> _Op:
+    m = gate.matrix
+    if not gate.params:
         mask = np.abs(m) > _ZERO_TOL
-        return _Op(qubits, np.where(mask, m, 0), mask, True)
-    k = len(qubits)
-    mask = np.eye(2**k, dtype=bool) if name in DIAGONAL_GATES else np.ones((2**k, 2**k), bool)
-    return _Op(qubits, m, mask, False)
+        return _Op(gate.qubits, np.where(mask, m, 0), mask, True)
+    mask = np.zeros(m.shape, bool)
+    for angles in _GENERIC_ANGLES:
+        mask |= np.abs(gate_matrix(gate.name, angles[:len(gate.params)])) > _ZERO_TOL
+    if (np.abs(m[~mask]) > _ZERO_TOL).any():  # cannot happen for an analytic gate; guards a wrong gate table
+        raise AssertionError(f"gate {gate}: non-zero entry outside its structural mask")
+    return _Op(gate.qubits, np.where(mask, m, 0), mask, False)
 
 
-def _fuse(ops: list[_Op]) -> list[_Op]:
-    """Fewer passes over the state, each op at most 2 qubits, exploiting only that ops on disjoint qubits commute:
+_FUSION_WINDOW = 8  # how many of the latest ops a gate may join (beyond the last op on its qubits)
+# Relative cost of one op on the 2-core CPU (a one-qubit dense pass = 1), from the measurements in apply_gates and
+# whole-circuit runs: dense/permutation ops by width (k = 3 costs more inside long chunks than alone), diagonal ops
+# (a run of them is one loop).
+_DENSE_COST = {1: 1.0, 2: 1.0, 3: 1.6, 4: 7.0, 5: 25.0, 6: 100.0}
+_DIAGONAL_COST = 0.2
 
-    * one-qubit ops wait per qubit (multiplied together) until a two-qubit op touches their qubit, which absorbs
-      them (4x4 @ kron(P_b, P_a));
-    * a two-qubit op merges into the last emitted op when that is the most recent op on both its qubits and acts
-      on the same pair (CX RZ CX becomes one op, whose mask is diagonal);
-    * one-qubit ops still waiting at the end are paired into kron(P, Q) 4x4 ops; diagonal ones stay 1-qubit (XLA
-      already fuses runs of diagonal multiplies into one loop).
-    """
-    out: list[_Op | None] = []
-    pending: dict[int, _Op] = {}
-    last: dict[int, int] = {}  # qubit -> index in `out` of the most recent op touching it
+
+def _cost(op: _Op) -> float:
+    return _DIAGONAL_COST if op.diagonal else _DENSE_COST[len(op.qubits)]
+
+
+def _fuse(ops: list[_Op], width: int) -> list[_Op]:
+    """Fewer, cheaper passes over the state (gate fusion, as in qiskit-aer and qsim), exploiting only that ops on
+    disjoint qubits commute. A gate may join any earlier op at or after the latest one touching its qubits (nothing in
+    between touches them, so it can move back there) when their qubits together number at most `width` and the merged
+    op is estimated cheaper than the two apart (_cost); of the latest _FUSION_WINDOW such ops it joins the one that
+    saves most (the latest on ties). Gates wider than `width` stay alone."""
+    out: list[_Op] = []
+    last: dict[int, int] = {}  # qubit -> index in `out` of the latest op touching it
     for op in ops:
-        if len(op.qubits) == 1:
-            q = op.qubits[0]
-            pending[q] = pending[q].then(op) if q in pending else op
-            continue
-        a, b = op.qubits
-        pre = [pending.pop(q) for q in (a, b) if q in pending]
-        for p in pre:
-            op = p.then(op)
-        ia, ib = last.get(a), last.get(b)
-        if ia is not None and ia == ib and set(out[ia].qubits) == {a, b}:
-            out[ia] = out[ia].then(op)
-            continue
-        last[a] = last[b] = len(out)
-        out.append(op)
-    dense = []
-    for q in sorted(pending):
-        (dense if not pending[q].diagonal else out).append(pending[q])
-    for i in range(0, len(dense) - 1, 2):
-        out.append(dense[i].then(dense[i + 1]))
-    if len(dense) % 2:
-        out.append(dense[-1])
+        qs = set(op.qubits)
+        floor = max((last[q] for q in op.qubits if q in last), default=-1)
+        best, best_gain, merged_best = None, 0.0, None
+        if len(qs) <= width:
+            candidates = list(range(len(out) - 1, max(floor, len(out) - _FUSION_WINDOW, 0) - 1, -1))
+            if floor >= 0 and floor not in candidates:
+                candidates.append(floor)
+            own = _cost(op)
+            for i in candidates:
+                if len(qs | set(out[i].qubits)) > width:
+                    continue
+                merged = out[i].then(op)
+                gain = _cost(out[i]) + own - _cost(merged)
+                if gain > best_gain + 1e-9:
+                    best, best_gain, merged_best = i, gain, merged
+        if best is None:
+            best = len(out)
+            out.append(op)
+        else:
+            out[best] = merged_best
+        for q in op.qubits:
+            last[q] = best
     return out
 
 
@@ -189,121 +213,203 @@ def _num_qubits_of(state: jax.Array, what: str = "state") -> int:
     return m
 
 
+def _check_fusion(fusion, what: str) -> int:
+    if isinstance(fusion, bool) or not isinstance(fusion, (int, np.integer)) or not 0 <= fusion <= MAX_FUSION:
+        raise ValueError(f"{what}: fusion={fusion!r} must be an integer in [0, {MAX_FUSION}] (0: no fusion; k: fused "
+                         f"ops of at most k qubits)")
+    return int(fusion)
+
+
 @functools.lru_cache(maxsize=4096)
-def _plan(gates: tuple[Gate, ...], fuse: bool) -> tuple[list[_Op], np.ndarray, np.ndarray]:
-    """The fused ops for `gates`, and the matrices of the non-constant ones in order, split by size:
-    complex128[K1, 2, 2] and complex128[K2, 4, 4]. Cached: the compressed simulator reapplies the same gate lists."""
-    ops = [_gate_op(g.name, g.qubits, g.params) for g in gates]
-    if fuse:
-        ops = _fuse(ops)
-    mats = {1: [np.zeros((0, 2, 2))], 2: [np.zeros((0, 4, 4))]}
+def _plan(gates: tuple[Gate, ...], fusion: int) -> tuple[list[_Op], tuple[np.ndarray, ...]]:
+    """The fused ops for `gates` (identities dropped), and the matrices of the non-constant ones in order, one array
+    per op size k = 1..MAX_FUSION: complex128[K_k, 2^k, 2^k]. Cached: the compressed simulator reapplies the same
+    gate lists."""
+    ops = [_gate_op(g) for g in gates]
+    if fusion:
+        ops = _fuse(ops, fusion)
+    ops = [op for op in ops if not (op.constant and np.array_equal(op.matrix, np.eye(len(op.matrix))))]
+    width = max([MAX_FUSION] + [len(op.qubits) for op in ops])
+    mats = {k: [np.zeros((0, 2**k, 2**k))] for k in range(1, width + 1)}
     for op in ops:
         if not op.constant:
             mats[len(op.qubits)].append(op.matrix[None])
-    return ops, np.concatenate(mats[1]), np.concatenate(mats[2])
+    return ops, tuple(np.concatenate(mats[k]) for k in sorted(mats))
+
+
+def _generic(gates) -> tuple[Gate, ...]:
+    """The gates with generic angles: the fusion plan's structure (qubits, masks, which ops are constant) does not
+    depend on the angles, so one compiled program serves every assignment of them."""
+    return tuple(Gate(g.name, g.qubits, _GENERIC_ANGLES[0][:len(g.params)]) for g in gates)
 
 
 @functools.lru_cache(maxsize=512)
-def _compiled(m: int, dtype: np.dtype, structure: tuple[tuple[str, tuple[int, ...], int], ...], fuse: bool):
-    """A jitted f(state dtype[2^m], mats2 dtype[K1, 2, 2], mats4 dtype[K2, 4, 4]) -> dtype[2^m] for one gate
-    structure (names, qubits, parameter counts); the state is donated. The fusion plan is rebuilt here from the
-    structure alone (angles set to 1: masks of parametrised gates do not depend on the angles)."""
-    ops, _, _ = _plan(tuple(Gate(name, q, (1.0,) * k) for name, q, k in structure), fuse)
+def _executable(m: int, dtype: np.dtype, structure: tuple[Gate, ...], fusion: int):
+    """f(state dtype[2^m], *mats) -> dtype[2^m] for one gate structure (`_generic` gates), compiled ahead of time;
+    the state is donated."""
+    ops, mats = _plan(structure, fusion)
 
-    def run(state, mats2, mats4):
-        counters = {1: 0, 2: 0}
+    def run(state, *mats):
+        counters = dict.fromkeys(range(1, len(mats) + 1), 0)
         for op in ops:
             k = len(op.qubits)
             matrix = op.matrix
             if not op.constant:
-                matrix = (mats2, mats4)[k - 1][counters[k]]
+                matrix = mats[k - 1][counters[k]]
                 counters[k] += 1
             state = _apply_op(state, m, op, matrix)
         return state
 
-    return jax.jit(run, donate_argnums=0)
+    specs = [jax.ShapeDtypeStruct((2**m,), dtype)] + [jax.ShapeDtypeStruct(x.shape, dtype) for x in mats]
+    return jax.jit(run, donate_argnums=0).lower(*specs).compile()
 
 
-def apply_gates(state: jax.Array, gates: Sequence[Gate], *, fuse: bool = True) -> jax.Array:
+def _validate(state: jax.Array, gates, what: str) -> tuple[int, tuple[Gate, ...]]:
+    m = _num_qubits_of(state, what)
+    if state.dtype not in (jnp.complex64, jnp.complex128):
+        raise ValueError(f"{what}: state dtype {state.dtype} must be complex64 or complex128")
+    gates = tuple(gates)
+    for idx, g in enumerate(gates):
+        if not isinstance(g, Gate):
+            raise ValueError(f"{what}: gate {idx} is a {type(g).__name__}, not a Gate")
+        if max(g.qubits) >= m:
+            raise ValueError(f"{what}: gate {idx} ({g}) uses qubit {max(g.qubits)} of a {m}-qubit state")
+    return m, gates
+
+
+def prepare(num_qubits: int, gates: Sequence[Gate], *, dtype=jnp.complex64, fusion: int = DEFAULT_FUSION) -> float:
+    """Compile (or find cached) the program apply_gates runs for `gates` on a `num_qubits`-qubit state of `dtype`;
+    returns the seconds spent compiling (0.0 when it was cached). Lets a caller time compilation apart."""
+    fusion = _check_fusion(fusion, "prepare")
+    t0 = time.perf_counter()
+    if gates:
+        _executable(int(num_qubits), np.dtype(dtype), _generic(gates), fusion)
+    return time.perf_counter() - t0
+
+
+def apply_gates(state: jax.Array, gates: Sequence[Gate], *, fusion: int = DEFAULT_FUSION) -> jax.Array:
     """Apply `gates` in order to `state`: complex64[2^m] or complex128[2^m] (little-endian, qiskit's order); gate
     qubits are positions 0..m-1 of this state. Returns an array of the same shape and dtype.
 
-    The state's buffer is donated: do not use `state` after the call. One compiled function is cached per (m, dtype,
-    gate names and qubits); the gates' (fused) matrices, built on the host in float64 from the angles, are traced
+    The state's buffer is donated: do not use `state` after the call. One compiled program is cached per (m, dtype,
+    gate names and qubits, fusion); the gates' (fused) matrices, built on the host in float64 from the angles, are
     arguments, so the same structure with new angles does not recompile.
 
-    Each op is one pass over the state through a reshape view (`state.reshape(2^(m-q-1), 2, 2^q)` for one qubit, a
-    5-D view for two), written as slices combined with the matrix entries and stacked back; constant zeros and ones
-    (X, CX, SWAP, ...) cost nothing, and diagonal ops are one elementwise multiply (XLA merges consecutive ones into
-    one loop). With `fuse` (default), one-qubit gates are multiplied into the next two-qubit gate on their qubit,
-    two-qubit gates on the same pair merge (CX RZ CX is one diagonal op), and leftover one-qubit gates are paired
-    into 4x4 ops. Measured on the 2-core CPU, 64-gate chunks, ms per gate, fuse off -> on:
+    Each op is one pass over the state through a reshape view with one size-2 axis per op qubit (no gathers), written
+    as slices combined with the matrix entries and stacked back; constant zeros and ones (X, CX, SWAP, CCX, ...) cost
+    nothing, and diagonal ops are one elementwise multiply (XLA merges consecutive ones into one loop).
 
-        n=22: qft 4.07 -> 3.37, bv 2.67 -> 1.41, qaoa 1.96 -> 1.16, ising 2.06 -> 1.91, random 2.99 -> 1.49
-        n=24: bv 34.5 -> 13.2, qaoa 42.2 -> 22.2, random 18.1 -> 9.5, ghz 36.8 -> 33.8
-
-    One pass (chains of 16, unfused): n=22 h/u3 3.2 ms, cx 2.7, swap 2.5; n=24 h/u3 41-43 ms, cx 38, swap 42;
-    runs of diagonal gates cost about one pass per run. A 4x4 pass costs ~1.25 one-qubit passes (n=22), so
-    fusing two one-qubit gates into one saves ~40%; `einsum` against the view was ~3.5x slower than slices.
+    `fusion` (gate fusion, as in qiskit-aer and qsim): consecutive gates whose qubits together number at most
+    `fusion` are multiplied into one op (0: every gate is its own pass). Measured on the 2-core CPU, n=22 complex64,
+    chains of 24 ops on random qubits, ms per op (compile s per op): dense k=1 9.8 (0.15), k=2 10.2 (0.17), k=3 10.9
+    (0.38), k=4 76 (3.1); permutation k=1..4 4.7-9.8; diagonal 1.1-2.5 in runs. A 3-qubit op costs what a one-qubit
+    op costs, a 4-qubit dense op 7x as much (XLA no longer fuses its 16 x 16 slice products into one loop), hence the
+    default width 3.
     """
     state = jnp.asarray(state)
-    m = _num_qubits_of(state, "apply_gates")
-    if state.dtype not in (jnp.complex64, jnp.complex128):
-        raise ValueError(f"apply_gates: state dtype {state.dtype} must be complex64 or complex128")
-    gates = tuple(gates)
+    m, gates = _validate(state, gates, "apply_gates")
+    fusion = _check_fusion(fusion, "apply_gates")
     if not gates:
         return state
-    for idx, g in enumerate(gates):
-        if not isinstance(g, Gate):
-            raise ValueError(f"apply_gates: gate {idx} is a {type(g).__name__}, not a Gate")
-        if max(g.qubits) >= m:
-            raise ValueError(f"apply_gates: gate {idx} ({g}) uses qubit {max(g.qubits)} of a {m}-qubit state")
-    _, mats2, mats4 = _plan(gates, fuse)
-    structure = tuple((g.name, g.qubits, len(g.params)) for g in gates)
-    fn = _compiled(m, np.dtype(state.dtype), structure, fuse)
-    return fn(state, mats2.astype(state.dtype), mats4.astype(state.dtype))
+    _, mats = _plan(gates, fusion)
+    fn = _executable(m, np.dtype(state.dtype), _generic(gates), fusion)
+    return fn(state, *(x.astype(state.dtype) for x in mats))
+
+
+@functools.lru_cache(maxsize=64)
+def _zero_program(num_qubits: int, dtype: np.dtype):
+    return jax.jit(lambda: jnp.zeros(2**num_qubits, dtype).at[0].set(1)).lower().compile()
 
 
 def zero_state(num_qubits: int, dtype=jnp.complex64) -> jax.Array:
-    """|0...0>: dtype[2^num_qubits] with amplitude 1 at index 0."""
-    return jnp.zeros(2**num_qubits, dtype).at[0].set(1)
+    """|0...0>: dtype[2^num_qubits] with amplitude 1 at index 0 (its program compiled once per size and dtype)."""
+    return _zero_program(int(num_qubits), np.dtype(dtype))()
 
 
-def simulate(circuit: Circuit, *, dtype=jnp.complex64, initial: jax.Array | None = None, chunk: int = 64,
-             progress: bool = False) -> jax.Array:
-    """The final state of `circuit`: dtype[2^n] (complex64, or complex128 inside `jax.enable_x64(True)`), qiskit's
-    little-endian order (`Statevector(qc).data`).
+def _check_dtype(dtype, what: str) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.complex64, np.complex128):
+        raise ValueError(f"{what}: dtype {dtype} must be complex64 or complex128")
+    if dtype == np.complex128 and not jax.config.jax_enable_x64:
+        raise ValueError(f"{what}: dtype complex128 needs 64-bit JAX; call inside `with jax.enable_x64(True):`")
+    return dtype
 
-    Starts from |0...0>, or from a copy of `initial` (complex[2^n]; it is not consumed). Gates are applied `chunk` at
-    a time, so compile size stays bounded for long circuits and repeated chunk structures reuse one executable.
-    `progress` shows a tqdm bar over chunks.
-    """
+
+@dataclasses.dataclass
+class CompiledCircuit:
+    """A circuit's programs, compiled ahead of time by `compile_circuit`: `run()` simulates it. `compile_seconds`:
+    XLA compilation (0 for programs already cached); `plan_seconds`: fusion planning on the host; `passes`: fused ops,
+    i.e. passes over the state (identities dropped)."""
+
+    circuit: Circuit
+    dtype: np.dtype
+    fusion: int
+    chunk: int
+    compile_seconds: float
+    plan_seconds: float
+    passes: int
+
+    def run(self, initial: jax.Array | None = None, *, progress: bool = False) -> jax.Array:
+        """The final state: dtype[2^n], from |0...0> or from a copy of `initial` (complex[2^n]; not consumed)."""
+        circuit, n = self.circuit, self.circuit.num_qubits
+        if initial is None:
+            state = zero_state(n, self.dtype)
+        else:
+            initial = jnp.asarray(initial)
+            if initial.shape != (2**n,):
+                raise ValueError(f"simulate: initial has shape {initial.shape}; circuit {circuit.name!r} needs "
+                                 f"({2**n},) for {n} qubits")
+            state = jnp.array(initial, dtype=self.dtype, copy=True)  # a copy: apply_gates donates its input
+        starts = range(0, len(circuit.gates), self.chunk)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"simulate {circuit.name}", unit="chunk")
+        for s in starts:
+            state = apply_gates(state, circuit.gates[s:s + self.chunk], fusion=self.fusion)
+        return state
+
+
+def compile_circuit(circuit: Circuit, *, dtype=jnp.complex64, fusion: int = DEFAULT_FUSION, chunk: int = 64,
+                    progress: bool = False) -> CompiledCircuit:
+    """Plan and compile every program `simulate` runs for `circuit`, timing the two apart (see CompiledCircuit).
+    Gates go `chunk` at a time into one program, so compile size stays bounded for long circuits and repeated chunk
+    structures reuse one executable. `progress` shows a tqdm bar over chunks."""
     if not isinstance(circuit, Circuit):
         raise ValueError(f"simulate: expected a Circuit, got {type(circuit).__name__}")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"simulate: chunk={chunk!r} must be an integer >= 1")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.complex64, np.complex128):
-        raise ValueError(f"simulate: dtype {dtype} must be complex64 or complex128")
-    if dtype == np.complex128 and not jax.config.jax_enable_x64:
-        raise ValueError("simulate: dtype complex128 needs 64-bit JAX; call inside `with jax.enable_x64(True):`")
-    n = circuit.num_qubits
-    if initial is None:
-        state = zero_state(n, dtype)
-    else:
-        initial = jnp.asarray(initial)
-        if initial.shape != (2**n,):
-            raise ValueError(f"simulate: initial has shape {initial.shape}; circuit {circuit.name!r} needs "
-                             f"({2**n},) for {n} qubits")
-        state = jnp.array(initial, dtype=dtype, copy=True)  # a copy: apply_gates donates its input
+    dtype = _check_dtype(dtype, "simulate")
+    fusion = _check_fusion(fusion, "simulate")
+    t0 = time.perf_counter()
+    _zero_program(circuit.num_qubits, dtype)
+    compile_s, plan_s = time.perf_counter() - t0, 0.0
+    passes = 0
     starts = range(0, len(circuit.gates), chunk)
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"simulate {circuit.name}", unit="chunk")
+        starts = tqdm(starts, desc=f"compile {circuit.name}", unit="chunk")
     for s in starts:
-        state = apply_gates(state, circuit.gates[s:s + chunk])
-    return state
+        gates = circuit.gates[s:s + chunk]
+        t0 = time.perf_counter()
+        ops, _ = _plan(gates, fusion)
+        plan_s += time.perf_counter() - t0
+        passes += len(ops)
+        compile_s += prepare(circuit.num_qubits, gates, dtype=dtype, fusion=fusion)
+    return CompiledCircuit(circuit, dtype, fusion, int(chunk), compile_s, plan_s, passes)
+
+
+def simulate(circuit: Circuit, *, dtype=jnp.complex64, initial: jax.Array | None = None, chunk: int = 64,
+             fusion: int = DEFAULT_FUSION, progress: bool = False) -> jax.Array:
+    """The final state of `circuit`: dtype[2^n] (complex64, or complex128 inside `jax.enable_x64(True)`), qiskit's
+    little-endian order (`Statevector(qc).data`): `compile_circuit(...).run(initial)`.
+
+    Starts from |0...0>, or from a copy of `initial` (complex[2^n]; it is not consumed). `fusion`: the widest fused op
+    (apply_gates). `progress` shows tqdm bars over chunks.
+    """
+    return compile_circuit(circuit, dtype=dtype, fusion=fusion, chunk=chunk, progress=progress).run(
+        initial, progress=progress)
 
 
 def fidelity(psi, phi) -> float:

@@ -26,6 +26,17 @@ def test_compressed_run_summary_and_saved_state(capsys, tmp_path):
     np.testing.assert_allclose(saved, np.asarray(simulate(build("qft", 10))), atol=s["stages"] * 1e-3 * 2**-5)
 
 
+def test_dense_summary_times_compilation_apart(capsys):
+    s = _run(capsys, "--circuit", "random", "--qubits", "6", "--fusion", "2")
+    assert s["fusion"] == 2 and 0 < s["passes"] < s["gates"]
+    assert s["seconds"] > 0 and s["compile_seconds"] > 0
+    again = _run(capsys, "--circuit", "random", "--qubits", "6", "--fusion", "2")
+    assert again["compile_seconds"] < s["compile_seconds"] / 10  # the same programs, already compiled
+    comp = _run(capsys, "--circuit", "random", "--qubits", "6", "--compressed", "--block-qubits", "4",
+                "--group-qubits", "2", "--fusion", "0")
+    assert comp["fusion"] == 0 and comp["compile_seconds"] > 0
+
+
 def test_qasm_file_dense_and_compressed(capsys, tmp_path):
     path = tmp_path / "c.qasm"
     path.write_text(to_qasm(build("random", 8)))
@@ -53,6 +64,6 @@ def test_bad_arguments_are_named(argv, match):
 
 def test_bad_qasm_names_the_line(tmp_path):
     path = tmp_path / "bad.qasm"
-    path.write_text('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nreset q[0];\n')
-    with pytest.raises(SystemExit, match=r"bad.qasm:4"):
+    path.write_text('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0];\nreset q[0];\n')
+    with pytest.raises(SystemExit, match=r"bad.qasm:5"):
         main(["quantum", "run", str(path), "--quiet"])

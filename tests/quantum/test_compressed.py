@@ -61,6 +61,15 @@ def test_compressed_matches_qiskit_aer():
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+@pytest.mark.parametrize("fusion", [0, 4])
+def test_fusion_width_does_not_change_the_compressed_state(fusion):
+    circuit = build("random", 7)
+    want = simulate_compressed(circuit, TIGHT.replace(fusion=3)).state.to_dense()
+    got = simulate_compressed(circuit, TIGHT.replace(fusion=fusion)).state.to_dense()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert fidelity(want, got) > 1 - 1e-9
+
+
 def test_workers_do_not_change_the_result():
     circuit = build("qaoa", 10)
     a = simulate_compressed(circuit, TIGHT.replace(workers=1)).state.to_dense()

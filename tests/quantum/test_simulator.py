@@ -15,7 +15,7 @@ from qiskit import QuantumCircuit  # noqa: E402
 from qiskit.quantum_info import Operator, Statevector  # noqa: E402
 
 from qrjax.quantum import (CIRCUITS, GATE_SPECS, Circuit, Gate, apply_gates, bernstein_vazirani, build,  # noqa: E402
-                           fidelity, ghz, qft, random_circuit, simulate)
+                           compile_circuit, fidelity, ghz, qft, random_circuit, simulate)
 from qrjax.quantum.circuits import bv_default_secret, qft_default_input  # noqa: E402
 
 ATOL64 = 1e-5  # complex64 amplitudes
@@ -76,8 +76,8 @@ def test_every_gate_on_random_state_matches_statevector_evolve(name, rng):
         qc = QuantumCircuit(len(g.qubits))
         _add_gate(qc, g, qubits=range(len(g.qubits)))
         expected = expected.evolve(qc, qargs=list(g.qubits))
-    for fuse in (False, True):
-        got = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fuse=fuse)
+    for fusion in (0, 1, 2, 3, 5):
+        got = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=fusion)
         assert got.dtype == jnp.complex64 and got.shape == (2**n,)
         np.testing.assert_allclose(np.asarray(got), expected.data, atol=ATOL64)
 
@@ -98,10 +98,11 @@ def test_fusion_patterns_match_statevector_evolve(rng):
         qc = QuantumCircuit(len(g.qubits))
         _add_gate(qc, g, qubits=range(len(g.qubits)))
         expected = expected.evolve(qc, qargs=list(g.qubits))
-    fused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fuse=True)
-    unfused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fuse=False)
-    np.testing.assert_allclose(np.asarray(fused), expected.data, atol=ATOL64)
+    unfused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=0)
     np.testing.assert_allclose(np.asarray(unfused), expected.data, atol=ATOL64)
+    for fusion in (1, 2, 3, 4):
+        fused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=fusion)
+        np.testing.assert_allclose(np.asarray(fused), expected.data, atol=ATOL64)
 
 
 @contextlib.contextmanager
@@ -140,6 +141,30 @@ def test_new_angles_reuse_the_compiled_function_and_state_is_donated(rng):
     assert state.is_deleted()
     np.testing.assert_allclose(np.asarray(got), Statevector(psi).evolve(
         to_qiskit(Circuit(n, tuple(second)))).data, atol=ATOL64)
+
+
+def test_compile_circuit_compiles_everything_before_the_run(rng):
+    circuit = random_circuit(7, 6, seed=5)
+    with _count_backend_compiles() as compiles:
+        compiled = compile_circuit(circuit, fusion=3)
+        assert compiles and compiled.compile_seconds > 0
+        compiles.clear()
+        got = compiled.run()
+        got.block_until_ready()
+    assert not compiles, f"the run compiled {len(compiles)} program(s)"
+    assert 0 < compiled.passes < len(circuit.gates)
+    np.testing.assert_allclose(np.asarray(got), aer_statevector(to_qiskit(circuit)), atol=ATOL64)
+
+
+def test_fused_equals_unfused_on_random_wide_circuits(rng):
+    """A random gate sequence on 7 qubits, fused at several widths, equals the unfused run."""
+    gates = tuple(random_gate(str(rng.choice(sorted(GATE_SPECS))), 7, rng) for _ in range(64))
+    circuit = Circuit(7, gates)
+    unfused = np.asarray(simulate(circuit, fusion=0))
+    for fusion in (1, 3, 5):
+        compiled = compile_circuit(circuit, fusion=fusion)
+        np.testing.assert_allclose(np.asarray(compiled.run()), unfused, atol=ATOL64)
+        assert compiled.passes <= len(gates)
 
 
 BUILDER_CASES = [(name, n) for name in CIRCUITS for n in (5, 9)] + [("qft", 12), ("random", 12), ("qaoa", 12)]

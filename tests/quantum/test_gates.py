@@ -1,6 +1,6 @@
 """qelib1's gate matrices against qiskit: every name of qiskit's legacy qelib1 set, loaded by qiskit's own OpenQASM 2
-reader (`qasm2.loads` with LEGACY_CUSTOM_INSTRUCTIONS) and turned into `Operator(...).data`; and built with jax.numpy
-from traced angles."""
+reader (`qasm2.loads` with LEGACY_CUSTOM_INSTRUCTIONS) and turned into `Operator(...).data`; on permuted qubit orders
+through our reader and a brute-force numpy simulator; and built with jax.numpy from traced angles."""
 
 import math
 
@@ -14,7 +14,7 @@ qiskit = pytest.importorskip("qiskit")
 from qiskit import qasm2  # noqa: E402
 from qiskit.quantum_info import Operator  # noqa: E402
 
-from qrjax.quantum import Circuit, Gate  # noqa: E402
+from qrjax.quantum import Circuit, Gate, parse_qasm  # noqa: E402
 from qrjax.quantum.circuit import DIAGONAL_GATES, GATE_SPECS, gate_matrix  # noqa: E402
 
 LEGACY = qasm2.LEGACY_CUSTOM_INSTRUCTIONS
@@ -81,6 +81,22 @@ def test_gate_matrix_equals_qiskits_gate_for_that_name(name, rng):
         np.testing.assert_allclose(Gate(name, tuple(range(k)), params).matrix, want, atol=ATOL, rtol=0)
     assert (name in DIAGONAL_GATES) == bool(np.allclose(want, np.diag(np.diag(want)), atol=0))
     assert Gate(name, tuple(range(k)), params).is_diagonal == (name in DIAGONAL_GATES)
+
+
+@pytest.mark.parametrize("name", sorted(GATE_SPECS))
+def test_parsed_gate_on_permuted_qubits_matches_qiskit(name, rng):
+    """The gate read from QASM on a random order of the qubits of a register one larger (a spectator qubit)."""
+    k = GATE_SPECS[name][0]
+    n = k + 1
+    for _ in range(2):
+        qubits = [int(q) for q in rng.permutation(n)[:k]]
+        params = random_params(name, rng)
+        text = program(name, params, qubits, n)
+        circuit = parse_qasm(text)
+        assert circuit.num_qubits == n
+        if name not in ("id", "u0"):  # identities emit nothing
+            assert [g.qubits for g in circuit.gates] == [tuple(qubits)]
+        np.testing.assert_allclose(reference_operator(circuit), qiskit_operator(text), atol=ATOL, rtol=0)
 
 
 def test_reference_simulator_is_qiskits_order():

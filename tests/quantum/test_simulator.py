@@ -21,10 +21,13 @@ from qrjax.quantum.circuits import bv_default_secret, qft_default_input  # noqa:
 ATOL64 = 1e-5  # complex64 amplitudes
 
 
+# qiskit's gate class for each qelib1 name, as its OpenQASM 2 reader builds them (our names are qelib1's)
+_QISKIT_GATES = {i.name: i.constructor for i in qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS}
+
+
 def _add_gate(qc: QuantumCircuit, g: Gate, qubits=None):
     qubits = list(g.qubits if qubits is None else qubits)
-    method = {"u3": "u"}.get(g.name, g.name)
-    getattr(qc, method)(*g.params, *qubits)
+    qc.append(_QISKIT_GATES[g.name](*g.params), qubits)
 
 
 def to_qiskit(circuit: Circuit) -> QuantumCircuit:
@@ -51,6 +54,8 @@ def random_state(n, rng):
 def random_gate(name, n, rng):
     arity, nparams = GATE_SPECS[name]
     qubits = tuple(int(q) for q in rng.choice(n, arity, replace=False))
+    if name == "u0":  # the identity for any count of idle periods, which qiskit wants as an integer
+        return Gate(name, qubits, (int(rng.integers(0, 4)),))
     return Gate(name, qubits, tuple(rng.uniform(-2 * math.pi, 2 * math.pi, nparams)))
 
 

@@ -233,11 +233,15 @@ class Gate:
 
 @dataclasses.dataclass(frozen=True)
 class Circuit:
-    """`num_qubits` qubits starting in |0...0>, and `gates` applied in order."""
+    """`num_qubits` qubits starting in |0...0>, and `gates` applied in order. `marks` (optional): sorted gate indices
+    where the circuit's structure starts a new unit, e.g. the first gate of each expanded call of a QASM `gate`
+    definition and the first gate after it. The simulators start a compiled program at every mark, so a definition
+    called many times (a Grover iteration) compiles once and its programs are reused."""
 
     num_qubits: int
     gates: tuple[Gate, ...]
     name: str = "circuit"
+    marks: tuple[int, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.num_qubits, bool) or not isinstance(self.num_qubits, (int, np.integer)) \
@@ -252,6 +256,12 @@ class Circuit:
                 raise ValueError(f"Circuit {self.name!r}: gate {idx} ({g}) uses qubit {max(g.qubits)} but the "
                                  f"circuit has {self.num_qubits} qubits")
         object.__setattr__(self, "gates", gates)
+        marks = tuple(self.marks)
+        if any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) for m in marks) \
+                or list(marks) != sorted(set(marks)) or (marks and not 0 <= marks[0] <= marks[-1] <= len(gates)):
+            raise ValueError(f"Circuit {self.name!r}: marks must be increasing gate indices in [0, {len(gates)}], "
+                             f"got {marks[:8]!r}{'...' if len(marks) > 8 else ''}")
+        object.__setattr__(self, "marks", tuple(int(m) for m in marks))
 
     def __len__(self) -> int:
         return len(self.gates)

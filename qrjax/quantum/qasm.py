@@ -227,6 +227,7 @@ class _Parser:
         self.including: list[str] = []  # real paths of the files being read, outermost first
         self.memo: dict = {}
         self.made: dict[tuple, Gate] = {}
+        self.marks: list[int] = []  # Circuit.marks: where expanded definition calls start and end
 
     # ---- statements -------------------------------------------------------------------------------------------
 
@@ -581,9 +582,18 @@ class _Parser:
             if kind == "prim":
                 self._emit(entry.prim, qubits, values)
             elif kind == "def":
-                for g, p, local in self._expand(entry, values):
+                body = self._expand(entry, values)
+                if len(body) > 1:  # a unit the simulators compile apart, so repeated calls share their programs
+                    self._mark()
+                for g, p, local in body:
                     self._emit(g, tuple(qubits[j] for j in local), p)
+                if len(body) > 1:
+                    self._mark()
         return end
+
+    def _mark(self):
+        if not self.marks or self.marks[-1] != len(self.gates_out):
+            self.marks.append(len(self.gates_out))
 
     def _expand(self, entry: _Entry, values: tuple[float, ...]) -> list[tuple[str, tuple, tuple]]:
         """The primitive gates of a `gate` definition called with `values`: [(Gate name, angles, local qubits)]."""
@@ -674,7 +684,7 @@ class _Parser:
     def circuit(self, name: str, source: str) -> Circuit:
         if self.num_qubits == 0:
             raise QasmError(f"{source}: no qubits declared (no qreg, or only empty ones)")
-        return Circuit(self.num_qubits, tuple(self.gates_out), name=name)
+        return Circuit(self.num_qubits, tuple(self.gates_out), name=name, marks=tuple(self.marks))
 
 
 def evaluate(expr: str) -> float:

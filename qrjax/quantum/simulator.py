@@ -237,7 +237,8 @@ def _plan(gates: tuple[Gate, ...], fusion: int) -> tuple[list[_Op], tuple[np.nda
     return ops, tuple(np.concatenate(mats[k]) for k in sorted(mats))
 
 
-def _generic(gates) -> tuple[Gate, ...]:
+@functools.lru_cache(maxsize=4096)
+def _generic(gates: tuple[Gate, ...]) -> tuple[Gate, ...]:
     """The gates with generic angles: the fusion plan's structure (qubits, masks, which ops are constant) does not
     depend on the angles, so one compiled program serves every assignment of them."""
     return tuple(Gate(g.name, g.qubits, _GENERIC_ANGLES[0][:len(g.params)]) for g in gates)
@@ -335,6 +336,13 @@ def _check_dtype(dtype, what: str) -> np.dtype:
     return dtype
 
 
+def chunk_bounds(circuit: Circuit, chunk: int) -> list[tuple[int, int]]:
+    """[(start, end)] gate ranges of the programs `simulate` runs: at most `chunk` gates each, and a new one at every
+    `circuit.marks` index, so that the programs of a repeated unit are the same each time it occurs."""
+    cuts = sorted({0, len(circuit.gates), *circuit.marks})
+    return [(s, min(s + chunk, b)) for a, b in zip(cuts, cuts[1:]) for s in range(a, b, chunk)]
+
+
 @dataclasses.dataclass
 class CompiledCircuit:
     """A circuit's programs, compiled ahead of time by `compile_circuit`: `run()` simulates it. `compile_seconds`:
@@ -360,21 +368,21 @@ class CompiledCircuit:
                 raise ValueError(f"simulate: initial has shape {initial.shape}; circuit {circuit.name!r} needs "
                                  f"({2**n},) for {n} qubits")
             state = jnp.array(initial, dtype=self.dtype, copy=True)  # a copy: apply_gates donates its input
-        starts = range(0, len(circuit.gates), self.chunk)
+        bounds = chunk_bounds(circuit, self.chunk)
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"simulate {circuit.name}", unit="chunk")
-        for s in starts:
-            state = apply_gates(state, circuit.gates[s:s + self.chunk], fusion=self.fusion)
+            bounds = tqdm(bounds, desc=f"simulate {circuit.name}", unit="chunk")
+        for s, e in bounds:
+            state = apply_gates(state, circuit.gates[s:e], fusion=self.fusion)
         return state
 
 
 def compile_circuit(circuit: Circuit, *, dtype=jnp.complex64, fusion: int = DEFAULT_FUSION, chunk: int = 64,
                     progress: bool = False) -> CompiledCircuit:
     """Plan and compile every program `simulate` runs for `circuit`, timing the two apart (see CompiledCircuit).
-    Gates go `chunk` at a time into one program, so compile size stays bounded for long circuits and repeated chunk
-    structures reuse one executable. `progress` shows a tqdm bar over chunks."""
+    Gates go at most `chunk` at a time into one program (`chunk_bounds`: cut at `circuit.marks` too), so compile size
+    stays bounded for long circuits and repeated chunk structures reuse one executable. `progress` shows a tqdm bar over chunks."""
     if not isinstance(circuit, Circuit):
         raise ValueError(f"simulate: expected a Circuit, got {type(circuit).__name__}")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
@@ -385,13 +393,13 @@ def compile_circuit(circuit: Circuit, *, dtype=jnp.complex64, fusion: int = DEFA
     _zero_program(circuit.num_qubits, dtype)
     compile_s, plan_s = time.perf_counter() - t0, 0.0
     passes = 0
-    starts = range(0, len(circuit.gates), chunk)
+    bounds = chunk_bounds(circuit, chunk)
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"compile {circuit.name}", unit="chunk")
-    for s in starts:
-        gates = circuit.gates[s:s + chunk]
+        bounds = tqdm(bounds, desc=f"compile {circuit.name}", unit="chunk")
+    for s, e in bounds:
+        gates = circuit.gates[s:e]
         t0 = time.perf_counter()
         ops, _ = _plan(gates, fusion)
         plan_s += time.perf_counter() - t0

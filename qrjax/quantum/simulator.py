@@ -265,6 +265,74 @@ def _executable(m: int, dtype: np.dtype, structure: tuple[Gate, ...], fusion: in
     return jax.jit(run, donate_argnums=0).lower(*specs).compile()
 
 
+METHODS = ("auto", "slices", "gather")
+GATHER_MAX_QUBITS = 14  # "auto" applies ops by gathers up to this many qubits, by slices above
+_GATHER_PIECE = 64  # ops per call of a gather program (the last piece is padded with identities)
+
+
+def _resolve_method(method: str, m: int, what: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"{what}: method={method!r} is not one of {METHODS}")
+    if method == "auto":
+        return "gather" if m <= GATHER_MAX_QUBITS else "slices"
+    return method
+
+
+def _gather_width(ops: Sequence[_Op], m: int) -> int:
+    """The op width W a gather program is compiled for: every op is padded to W qubits (at least 3, so that one
+    program serves the default fusion), at most the state's m qubits."""
+    return min(m, max([3] + [len(op.qubits) for op in ops]))
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_program(m: int, width: int, dtype: np.dtype):
+    """f(state dtype[2^m], mats dtype[P, 2^W, 2^W], qubits int32[P, W]) -> dtype[2^m]: applies P ops in order, op p
+    acting on qubits[p] (matrix bit j = qubit qubits[p, j]), the qubits being data, not structure: one program per
+    (m, W, dtype) serves every circuit. Each op is out[i] = sum_c U[r(i), c] psi[clear(i) | spread(c)], r(i) the op
+    bits of i, clear(i) i without them, spread(c) the op bits set as c says: one gather of 2^W amplitudes per
+    amplitude. The state is donated."""
+    n_amp, n_col = 1 << m, 1 << width
+    bit = jnp.arange(width, dtype=jnp.int32)
+    col = jnp.arange(n_col, dtype=jnp.int32)
+
+    def one(state, op):
+        u, qs = op
+        idx = jnp.arange(n_amp, dtype=jnp.int32)
+        r = jnp.sum(((idx[:, None] >> qs[None, :]) & 1) << bit[None, :], axis=1)
+        clear = idx & ~jnp.sum(1 << qs)
+        spread = jnp.sum(((col[:, None] >> bit[None, :]) & 1) << qs[None, :], axis=1)
+        gathered = state[clear[:, None] | spread[None, :]]
+        return jnp.sum(u[r] * gathered, axis=1), None
+
+    def run(state, mats, qubits):
+        return jax.lax.scan(one, state, (mats, qubits))[0]
+
+    specs = (jax.ShapeDtypeStruct((n_amp,), dtype), jax.ShapeDtypeStruct((_GATHER_PIECE, n_col, n_col), dtype),
+             jax.ShapeDtypeStruct((_GATHER_PIECE, width), jnp.int32))
+    return jax.jit(run, donate_argnums=0).lower(*specs).compile()
+
+
+def _gather_apply(state: jax.Array, m: int, ops: Sequence[_Op]) -> jax.Array:
+    """Apply `ops` with the gather program, _GATHER_PIECE at a time."""
+    if not ops:
+        return state
+    width = _gather_width(ops, m)
+    count = -(-len(ops) // _GATHER_PIECE) * _GATHER_PIECE
+    mats = np.zeros((count, 1 << width, 1 << width), np.complex128)
+    mats[:] = np.eye(1 << width)  # identity padding
+    qubits = np.tile(np.arange(width, dtype=np.int32), (count, 1))
+    for p, op in enumerate(ops):
+        extra = tuple(q for q in range(m) if q not in op.qubits)[:width - len(op.qubits)]
+        qs = op.qubits + extra
+        mats[p] = _embed(op.matrix, op.qubits, qs)
+        qubits[p] = qs
+    fn = _gather_program(m, width, np.dtype(state.dtype))
+    mats = mats.astype(state.dtype)
+    for s in range(0, count, _GATHER_PIECE):
+        state = fn(state, mats[s:s + _GATHER_PIECE], qubits[s:s + _GATHER_PIECE])
+    return state
+
+
 def _validate(state: jax.Array, gates, what: str) -> tuple[int, tuple[Gate, ...]]:
     m = _num_qubits_of(state, what)
     if state.dtype not in (jnp.complex64, jnp.complex128):
@@ -278,17 +346,25 @@ def _validate(state: jax.Array, gates, what: str) -> tuple[int, tuple[Gate, ...]
     return m, gates
 
 
-def prepare(num_qubits: int, gates: Sequence[Gate], *, dtype=jnp.complex64, fusion: int = DEFAULT_FUSION) -> float:
+def prepare(num_qubits: int, gates: Sequence[Gate], *, dtype=jnp.complex64, fusion: int = DEFAULT_FUSION,
+            method: str = "auto") -> float:
     """Compile (or find cached) the program apply_gates runs for `gates` on a `num_qubits`-qubit state of `dtype`;
     returns the seconds spent compiling (0.0 when it was cached). Lets a caller time compilation apart."""
     fusion = _check_fusion(fusion, "prepare")
+    method = _resolve_method(method, int(num_qubits), "prepare")
     t0 = time.perf_counter()
-    if gates:
+    gates = tuple(gates)
+    if gates and method == "slices":
         _executable(int(num_qubits), np.dtype(dtype), _generic(gates), fusion)
+    elif gates:
+        ops, _ = _plan(gates, fusion)
+        if ops:
+            _gather_program(int(num_qubits), _gather_width(ops, int(num_qubits)), np.dtype(dtype))
     return time.perf_counter() - t0
 
 
-def apply_gates(state: jax.Array, gates: Sequence[Gate], *, fusion: int = DEFAULT_FUSION) -> jax.Array:
+def apply_gates(state: jax.Array, gates: Sequence[Gate], *, fusion: int = DEFAULT_FUSION,
+                method: str = "auto") -> jax.Array:
     """Apply `gates` in order to `state`: complex64[2^m] or complex128[2^m] (little-endian, qiskit's order); gate
     qubits are positions 0..m-1 of this state. Returns an array of the same shape and dtype.
 
@@ -306,12 +382,20 @@ def apply_gates(state: jax.Array, gates: Sequence[Gate], *, fusion: int = DEFAUL
     (0.38), k=4 76 (3.1); permutation k=1..4 4.7-9.8; diagonal 1.1-2.5 in runs. A 3-qubit op costs what a one-qubit
     op costs, a 4-qubit dense op 7x as much (XLA no longer fuses its 16 x 16 slice products into one loop), hence the
     default width 3.
+
+    `method`: "slices" is the above; "gather" applies every op by one gather of its 2^W amplitudes per amplitude
+    (W = the widest op, at least 3), with the op's qubits as data, so that one program per (m, W, dtype) serves every
+    circuit: far more work per op, but no compilation per circuit, which is what counts on small states. "auto"
+    (default): gather up to GATHER_MAX_QUBITS qubits, slices above.
     """
     state = jnp.asarray(state)
     m, gates = _validate(state, gates, "apply_gates")
     fusion = _check_fusion(fusion, "apply_gates")
+    method = _resolve_method(method, m, "apply_gates")
     if not gates:
         return state
+    if method == "gather":
+        return _gather_apply(state, m, _plan(gates, fusion)[0])
     _, mats = _plan(gates, fusion)
     fn = _executable(m, np.dtype(state.dtype), _generic(gates), fusion)
     return fn(state, *(x.astype(state.dtype) for x in mats))
@@ -353,6 +437,7 @@ class CompiledCircuit:
     dtype: np.dtype
     fusion: int
     chunk: int
+    method: str
     compile_seconds: float
     plan_seconds: float
     passes: int
@@ -369,17 +454,20 @@ class CompiledCircuit:
                                  f"({2**n},) for {n} qubits")
             state = jnp.array(initial, dtype=self.dtype, copy=True)  # a copy: apply_gates donates its input
         bounds = chunk_bounds(circuit, self.chunk)
+        if self.method == "gather":  # every op through one program: collect them, then run full pieces
+            ops = [op for s, e in bounds for op in _plan(circuit.gates[s:e], self.fusion)[0]]
+            return _gather_apply(state, n, ops)
         if progress:
             from tqdm.auto import tqdm
 
             bounds = tqdm(bounds, desc=f"simulate {circuit.name}", unit="chunk")
         for s, e in bounds:
-            state = apply_gates(state, circuit.gates[s:e], fusion=self.fusion)
+            state = apply_gates(state, circuit.gates[s:e], fusion=self.fusion, method=self.method)
         return state
 
 
 def compile_circuit(circuit: Circuit, *, dtype=jnp.complex64, fusion: int = DEFAULT_FUSION, chunk: int = 64,
-                    progress: bool = False) -> CompiledCircuit:
+                    method: str = "auto", progress: bool = False) -> CompiledCircuit:
     """Plan and compile every program `simulate` runs for `circuit`, timing the two apart (see CompiledCircuit).
     Gates go at most `chunk` at a time into one program (`chunk_bounds`: cut at `circuit.marks` too), so compile size
     stays bounded for long circuits and repeated chunk structures reuse one executable. `progress` shows a tqdm bar over chunks."""
@@ -389,6 +477,7 @@ def compile_circuit(circuit: Circuit, *, dtype=jnp.complex64, fusion: int = DEFA
         raise ValueError(f"simulate: chunk={chunk!r} must be an integer >= 1")
     dtype = _check_dtype(dtype, "simulate")
     fusion = _check_fusion(fusion, "simulate")
+    method = _resolve_method(method, circuit.num_qubits, "simulate")
     t0 = time.perf_counter()
     _zero_program(circuit.num_qubits, dtype)
     compile_s, plan_s = time.perf_counter() - t0, 0.0
@@ -398,25 +487,33 @@ def compile_circuit(circuit: Circuit, *, dtype=jnp.complex64, fusion: int = DEFA
         from tqdm.auto import tqdm
 
         bounds = tqdm(bounds, desc=f"compile {circuit.name}", unit="chunk")
+    all_ops = []
     for s, e in bounds:
         gates = circuit.gates[s:e]
         t0 = time.perf_counter()
         ops, _ = _plan(gates, fusion)
         plan_s += time.perf_counter() - t0
         passes += len(ops)
-        compile_s += prepare(circuit.num_qubits, gates, dtype=dtype, fusion=fusion)
-    return CompiledCircuit(circuit, dtype, fusion, int(chunk), compile_s, plan_s, passes)
+        if method == "gather":
+            all_ops += ops
+        else:
+            compile_s += prepare(circuit.num_qubits, gates, dtype=dtype, fusion=fusion, method=method)
+    if all_ops:
+        t0 = time.perf_counter()
+        _gather_program(circuit.num_qubits, _gather_width(all_ops, circuit.num_qubits), dtype)
+        compile_s += time.perf_counter() - t0
+    return CompiledCircuit(circuit, dtype, fusion, int(chunk), method, compile_s, plan_s, passes)
 
 
 def simulate(circuit: Circuit, *, dtype=jnp.complex64, initial: jax.Array | None = None, chunk: int = 64,
-             fusion: int = DEFAULT_FUSION, progress: bool = False) -> jax.Array:
+             fusion: int = DEFAULT_FUSION, method: str = "auto", progress: bool = False) -> jax.Array:
     """The final state of `circuit`: dtype[2^n] (complex64, or complex128 inside `jax.enable_x64(True)`), qiskit's
     little-endian order (`Statevector(qc).data`): `compile_circuit(...).run(initial)`.
 
     Starts from |0...0>, or from a copy of `initial` (complex[2^n]; it is not consumed). `fusion`: the widest fused op
-    (apply_gates). `progress` shows tqdm bars over chunks.
+    (apply_gates); `method`: how ops are applied (apply_gates). `progress` shows tqdm bars over chunks.
     """
-    return compile_circuit(circuit, dtype=dtype, fusion=fusion, chunk=chunk, progress=progress).run(
+    return compile_circuit(circuit, dtype=dtype, fusion=fusion, chunk=chunk, method=method, progress=progress).run(
         initial, progress=progress)
 
 

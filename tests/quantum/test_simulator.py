@@ -81,8 +81,8 @@ def test_every_gate_on_random_state_matches_statevector_evolve(name, rng):
         qc = QuantumCircuit(len(g.qubits))
         _add_gate(qc, g, qubits=range(len(g.qubits)))
         expected = expected.evolve(qc, qargs=list(g.qubits))
-    for fusion in (0, 1, 2, 3, 5):
-        got = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=fusion)
+    for fusion, method in [(0, "slices"), (1, "slices"), (3, "slices"), (5, "slices"), (0, "gather"), (3, "gather")]:
+        got = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=fusion, method=method)
         assert got.dtype == jnp.complex64 and got.shape == (2**n,)
         np.testing.assert_allclose(np.asarray(got), expected.data, atol=ATOL64)
 
@@ -103,11 +103,12 @@ def test_fusion_patterns_match_statevector_evolve(rng):
         qc = QuantumCircuit(len(g.qubits))
         _add_gate(qc, g, qubits=range(len(g.qubits)))
         expected = expected.evolve(qc, qargs=list(g.qubits))
-    unfused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=0)
+    unfused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=0, method="slices")
     np.testing.assert_allclose(np.asarray(unfused), expected.data, atol=ATOL64)
     for fusion in (1, 2, 3, 4):
-        fused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=fusion)
-        np.testing.assert_allclose(np.asarray(fused), expected.data, atol=ATOL64)
+        for method in ("slices", "gather"):
+            fused = apply_gates(jnp.asarray(psi, jnp.complex64), gates, fusion=fusion, method=method)
+            np.testing.assert_allclose(np.asarray(fused), expected.data, atol=ATOL64)
 
 
 @contextlib.contextmanager
@@ -148,16 +149,18 @@ def test_new_angles_reuse_the_compiled_function_and_state_is_donated(rng):
         to_qiskit(Circuit(n, tuple(second)))).data, atol=ATOL64)
 
 
-def test_compile_circuit_compiles_everything_before_the_run(rng):
-    circuit = random_circuit(7, 6, seed=5)
+@pytest.mark.parametrize("method", ["slices", "gather"])
+def test_compile_circuit_compiles_everything_before_the_run(method):
+    # sizes no other test simulates, so the programs are not already compiled
+    circuit = random_circuit(7, 6, seed=5) if method == "slices" else random_circuit(13, 3, seed=6)
     with _count_backend_compiles() as compiles:
-        compiled = compile_circuit(circuit, fusion=3)
+        compiled = compile_circuit(circuit, fusion=3, method=method)
         assert compiles and compiled.compile_seconds > 0
         compiles.clear()
         got = compiled.run()
         got.block_until_ready()
     assert not compiles, f"the run compiled {len(compiles)} program(s)"
-    assert 0 < compiled.passes < len(circuit.gates)
+    assert 0 < compiled.passes < len(circuit.gates) and compiled.method == method
     np.testing.assert_allclose(np.asarray(got), aer_statevector(to_qiskit(circuit)), atol=ATOL64)
 
 
@@ -165,11 +168,12 @@ def test_fused_equals_unfused_on_random_wide_circuits(rng):
     """A random gate sequence on 7 qubits, fused at several widths, equals the unfused run."""
     gates = tuple(random_gate(str(rng.choice(sorted(GATE_SPECS))), 7, rng) for _ in range(64))
     circuit = Circuit(7, gates)
-    unfused = np.asarray(simulate(circuit, fusion=0))
+    unfused = np.asarray(simulate(circuit, fusion=0, method="slices"))
     for fusion in (1, 3, 5):
-        compiled = compile_circuit(circuit, fusion=fusion)
-        np.testing.assert_allclose(np.asarray(compiled.run()), unfused, atol=ATOL64)
-        assert compiled.passes <= len(gates)
+        for method in ("slices", "gather"):
+            compiled = compile_circuit(circuit, fusion=fusion, method=method)
+            np.testing.assert_allclose(np.asarray(compiled.run()), unfused, atol=ATOL64)
+            assert compiled.passes <= len(gates)
 
 
 BUILDER_CASES = [(name, n) for name in CIRCUITS for n in (5, 9)] + [("qft", 12), ("random", 12), ("qaoa", 12)]
@@ -179,14 +183,14 @@ BUILDER_CASES = [(name, n) for name in CIRCUITS for n in (5, 9)] + [("qft", 12),
 def test_builders_match_aer(name, n):
     circuit = build(name, n)
     expected = aer_statevector(to_qiskit(circuit))
-    got = simulate(circuit)
+    got = simulate(circuit, method="slices" if n == 9 else "auto")  # "auto" gathers at these sizes
     assert got.dtype == jnp.complex64 and got.shape == (2**circuit.num_qubits,)
     np.testing.assert_allclose(np.asarray(got), expected, atol=ATOL64)
     assert fidelity(got, expected) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_random_circuit_16_qubits_matches_aer():
-    circuit = random_circuit(16, 6, seed=3)
+    circuit = random_circuit(16, 6, seed=3)  # past GATHER_MAX_QUBITS: "auto" applies slices
     expected = aer_statevector(to_qiskit(circuit))
     got = np.asarray(simulate(circuit))
     np.testing.assert_allclose(got, expected, atol=ATOL64)

@@ -33,11 +33,12 @@ def _circuit(args):
 
 
 def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bool | None = None,
-        exact=None, progress: bool = True, fusion: int | None = None) -> tuple[dict, object]:
+        exact=None, progress: bool = True, fusion: int | None = None, method: str = "auto") -> tuple[dict, object]:
     """-> (summary dict, final state: a CompressedState or a dense array).
 
     The summary's `seconds` is the simulation alone; `compile_seconds` the XLA compilation before it (0 for programs
-    this process already compiled). `fusion`: the widest fused op (dense; compressed takes config.fusion).
+    this process already compiled). `fusion`: the widest fused op, `method`: how ops are applied (both dense only;
+    compressed takes config.fusion; see qrjax.quantum.apply_gates).
     With `compressed`, the fidelity is measured against `exact` (a closed-form state, `qrjax.quantum.exact`) at any
     size, else against a dense run up to CHECK_MAX_QUBITS; check=False skips it."""
     import jax
@@ -62,12 +63,13 @@ def run(circuit, *, compressed: bool, config=None, dtype=np.complex64, check: bo
         else:
             fusion = DEFAULT_FUSION if fusion is None else fusion
             t0 = time.perf_counter()
-            compiled = compile_circuit(circuit, dtype=dtype, fusion=fusion, progress=progress)
+            compiled = compile_circuit(circuit, dtype=dtype, fusion=fusion, method=method, progress=progress)
             t1 = time.perf_counter()
             final = compiled.run(progress=progress)
             final.block_until_ready()
             summary.update(seconds=time.perf_counter() - t1 + compiled.plan_seconds,
-                           compile_seconds=t1 - t0 - compiled.plan_seconds, fusion=fusion, passes=compiled.passes,
+                           compile_seconds=t1 - t0 - compiled.plan_seconds, fusion=fusion, method=compiled.method,
+                           passes=compiled.passes,
                            peak_bytes=final.nbytes, stages=None, compression_ratio=1.0)
         if compressed and check is not False:
             if exact is not None:
@@ -96,12 +98,15 @@ def cmd_run(args) -> int:
     else:
         given = [f"--{k.replace('_', '-')}" for k in ("bound", "mode", "block_qubits", "group_qubits", "workers",
                                                         "check") if getattr(args, k) is not None]
+    if args.compressed and args.method != "auto":
+        console.fail("qrjax quantum run", "--method applies to dense runs (compressed groups choose their own)")
         if given:
             console.fail("qrjax quantum run", f"{', '.join(given)} need --compressed")
     try:
         exact = exact_amplitudes(args.circuit, args.qubits) if args.circuit else None
         summary, final = run(circuit, compressed=args.compressed, config=config, dtype=np.dtype(args.dtype),
-                             check=args.check, exact=exact, progress=not args.quiet, fusion=args.fusion)
+                             check=args.check, exact=exact, progress=not args.quiet, fusion=args.fusion,
+                             method=args.method)
     except ValueError as err:
         console.fail("qrjax quantum run", f"{err}")
     if args.save_state:
@@ -129,6 +134,9 @@ def register(systems) -> None:
     r.add_argument("--workers", type=int, help="groups in flight (default 2)")
     r.add_argument("--fusion", type=int, metavar="K",
                    help="gate fusion: the widest fused op in qubits (default 3; 0: every gate its own pass)")
+    r.add_argument("--method", default="auto", choices=["auto", "slices", "gather"],
+                   help="how ops are applied: slices (fastest runs, one compile per circuit), gather (one compile per "
+                        "state size serves every circuit; slower runs), auto (gather up to 14 qubits)")
     r.add_argument("--dtype", default="complex64", choices=["complex64", "complex128"])
     r.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                    help=f"measure the fidelity: against the closed-form state (ghz, qft, bv; any size) or a dense run "

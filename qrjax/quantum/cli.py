@@ -98,10 +98,10 @@ def cmd_run(args) -> int:
     else:
         given = [f"--{k.replace('_', '-')}" for k in ("bound", "mode", "block_qubits", "group_qubits", "workers",
                                                         "check") if getattr(args, k) is not None]
-    if args.compressed and args.method != "auto":
-        console.fail("qrjax quantum run", "--method applies to dense runs (compressed groups choose their own)")
         if given:
             console.fail("qrjax quantum run", f"{', '.join(given)} need --compressed")
+    if args.compressed and args.method != "auto":
+        console.fail("qrjax quantum run", "--method applies to dense runs (compressed groups choose their own)")
     try:
         exact = exact_amplitudes(args.circuit, args.qubits) if args.circuit else None
         summary, final = run(circuit, compressed=args.compressed, config=config, dtype=np.dtype(args.dtype),

@@ -56,6 +56,8 @@ def test_qasm_file_dense_and_compressed(capsys, tmp_path):
     (["--circuit", "ghz", "--qubits", "4", "--block-qubits", "3", "--bound", "1e-3"],
      "--bound, --block-qubits need --compressed"),
     (["--circuit", "ghz", "--qubits", "4", "--compressed", "--block-qubits", "0"], "block_qubits=0"),
+    (["--circuit", "ghz", "--qubits", "4", "--compressed", "--method", "gather"], "--method applies to dense"),
+    (["--circuit", "ghz", "--qubits", "4", "--fusion", "7"], "fusion=7"),
 ])
 def test_bad_arguments_are_named(argv, match):
     with pytest.raises(SystemExit, match=match):

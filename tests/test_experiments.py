@@ -301,3 +301,40 @@ def test_alto_tuning_smoke(tmp_path):
     assert (tmp_path / "alto_tuning.md").read_text().startswith("# ALTO tuning")
     assert (tmp_path / "alto_tuning.png").stat().st_size > 0
     assert (tmp_path / "alto_tuning_kernel.png").stat().st_size > 0
+
+
+def test_quantum_suite_smoke(tmp_path):
+    pytest.importorskip("mqt.bench")
+    pytest.importorskip("qiskit_aer")
+    cmd = [sys.executable, str(ROOT / "experiments" / "quantum_suite.py"), "--quick", "--cache", str(tmp_path / "qasm"),
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "quantum_suite.json").read_text())
+    rows = result["rows"]
+    # every family and library circuit asked for is a row, none dropped: ok, or an error / a skip that says why
+    assert sorted({(r["source"], r["family"]) for r in rows}) == sorted(
+        [("mqt", f) for f in ("ghz", "qft", "dj", "qaoa", "dynamic_qft", "shor")] +
+        [("library", f) for f in ("qft", "grover_operator")])
+    assert all(r["status"] in ("ok", "error", "skipped") for r in rows)
+    assert all(r["error"] for r in rows if r["status"] != "ok")
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["fidelity_dense"] >= 1 - 1e-5 and r["fidelity_compressed"] >= 0.99, r
+            assert r["seconds_aer"] > 0 and r["seconds_dense"] > 0 and r["seconds_compressed"] > 0
+    by_name = {(r["source"], r["family"]): r for r in rows}
+    assert by_name[("mqt", "ghz")]["status"] == by_name[("mqt", "qft")]["status"] == "ok"
+    dyn = by_name[("mqt", "dynamic_qft")]
+    assert dyn["status"] == "error" and dyn["stage"] == "generate" and dyn["dynamic"]
+    assert by_name[("mqt", "shor")]["status"] == "skipped" and "no size" in by_name[("mqt", "shor")]["error"]
+    assert [(r["family"], r["qubits"], r["status"]) for r in result["speed"]] == [
+        ("ghz", 8, "ok"), ("qft", 8, "ok"), ("ghz", 9, "ok"), ("qft", 9, "ok")]
+    assert all(r["fidelity_dense_vs_aer_single"] > 1 - 1e-5 and r["ratio_aer_over_dense"] > 0
+               for r in result["speed"])
+    assert set(result["summary"]["speed"]["per_size"]) == {"8", "9"}
+    assert [(s["circuit"], s["kind"], s["largest_ok"]) for s in result["limits"]] == [
+        ("ghz", "dense", 12), ("ghz", "compressed", 12), ("ghz", "aer", 12)]
+    assert all(a["peak_rss_bytes"] > 0 for s in result["limits"] for a in s["attempts"])
+    md = (tmp_path / "quantum_suite.md").read_text()
+    assert md.startswith("# Quantum suite") and "dynamic_qft" in md and "## Targets" in md
+    assert (tmp_path / "quantum_suite.png").stat().st_size > 0

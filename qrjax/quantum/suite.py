@@ -323,11 +323,10 @@ def _standard_gates_only(qc, max_levels: int = 20):
 def aer_runner(qc, *, precision: str = "double", threads: int = 0, **options) -> Callable[[], np.ndarray]:
     """A function of no arguments that runs `qc` on qiskit-aer's state-vector simulator (`precision` "single" or
     "double", `threads` = max_parallel_threads, 0 for Aer's default; `options` go to AerSimulator, e.g.
-    max_memory_mb) and returns the final state:
-    complex64[2^n] or complex128[2^n], qiskit's little-endian order. The preparation (unrolling user gate
-    definitions to Aer's instruction set, optimization_level 0: the gates are not rewritten, Aer's own fusion does
-    that while it runs) is done here once, so calls time the simulation alone. Raises RuntimeError with Aer's status
-    when a run fails."""
+    max_memory_mb) and returns the final state: complex64[2^n] or complex128[2^n], qiskit's little-endian order.
+    The preparation (user gate definitions unrolled to qiskit's standard gates, then transpiled for Aer at
+    optimization level 0: the gates are not rewritten, Aer's own fusion does that while it runs) is done here once,
+    so calls time the simulation alone. Raises RuntimeError with Aer's status when a run fails."""
     _require("qiskit_aer", "qiskit-aer")
     from qiskit import transpile
     from qiskit_aer import AerSimulator
@@ -345,16 +344,17 @@ def aer_runner(qc, *, precision: str = "double", threads: int = 0, **options) ->
     return run
 
 
-def compressed_config(num_qubits: int, *, bound: float = 1e-3, mode: str = "pw_rel"):
+def compressed_config(num_qubits: int, *, widest_gate: int = 2, bound: float = 1e-3, mode: str = "pw_rel"):
     """BMQSim's setting (`CompressedConfig(bound, mode)`) scaled to a small circuit so that the state really is
     split into blocks and recompressed stage by stage: b = max(n // 2, n - 6) block qubits (at most 20, the
-    default), k = (n - b) // 2 group qubits (1 to 6), so a stage holds 2^(b+k) of the 2^n amplitudes. At least
-    half the qubits local keeps the blocks few (the per-block host work, not the amplitudes, dominates small
-    blocks: 1024 blocks of 2^10 took 6x as long as 64 of 2^14 at 20 qubits). Returns a CompressedConfig."""
+    default), k = (n - b) // 2 group qubits, at least `widest_gate` (a stage must hold a gate whose qubits are all
+    global) and at most 6, so a stage holds 2^(b+k) of the 2^n amplitudes. At least half the qubits local keeps the
+    blocks few: the per-block host work, not the amplitudes, dominates small blocks (at 20 qubits, 1024 blocks of
+    2^10 took 3-13x as long as 64 of 2^14 on qnn, qft and vqe_two_local). Returns a CompressedConfig."""
     from qrjax.quantum.compressed import CompressedConfig
 
     b = min(20, max(1, num_qubits // 2, num_qubits - 6))
-    k = min(6, max(1, (num_qubits - b) // 2))
+    k = min(6, max(1, widest_gate, (num_qubits - b) // 2))
     return CompressedConfig(block_qubits=b, group_qubits=k, bound=bound, mode=mode)
 
 
@@ -385,9 +385,10 @@ def nearest_sizes(offered, targets) -> list[int]:
 
 
 def state_bytes(num_qubits: int, itemsize: int = 8) -> int:
+    """Bytes of a dense state of `num_qubits` qubits (complex64: itemsize 8)."""
     return (1 << num_qubits) * itemsize
 
 
 __all__ = ["SuiteError", "mqt_families", "mqt_sizes", "write_family_qasm", "library_circuits", "library_circuit",
-           "write_library_qasm", "qiskit_circuit", "aer_runner", "compressed_config", "file_note", "dynamic_ops", "nearest_sizes",
-           "state_bytes"]
+           "write_library_qasm", "qiskit_circuit", "aer_runner", "compressed_config", "file_note", "dynamic_ops",
+           "nearest_sizes", "state_bytes"]

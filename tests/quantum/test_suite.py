@@ -66,7 +66,7 @@ def _check_against_aer(path):
     assert circuit.num_qubits == qc.num_qubits
     _, dense = run(circuit, compressed=False, dtype=np.complex64, check=False, progress=False)
     assert fidelity(ref, dense) >= 1 - 1e-5
-    config = suite.compressed_config(circuit.num_qubits)
+    config = suite.compressed_config(circuit.num_qubits, widest_gate=max(len(g.qubits) for g in circuit.gates))
     summary, state = run(circuit, compressed=True, config=config, dtype=np.complex64, check=False, progress=False)
     assert len(state.blocks) > 1 and summary["stages"] >= 1  # the state really was held in compressed blocks
     assert fidelity(ref, state.to_dense()) >= 0.99
@@ -142,4 +142,6 @@ def test_compressed_config_splits_the_state():
         c = suite.compressed_config(n)
         assert 1 <= c.block_qubits < n and 1 <= c.group_qubits <= 6 and c.bound == 1e-3 and c.mode == "pw_rel"
         assert c.block_qubits == min(20, max(n // 2, n - 6))
+    assert suite.compressed_config(5).group_qubits == 2  # a two-qubit gate on two global qubits fits a stage
+    assert suite.compressed_config(5, widest_gate=3).group_qubits == 3
     assert math.isclose(suite.compressed_config(10, bound=1e-2).bound, 1e-2)

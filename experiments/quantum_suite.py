@@ -42,7 +42,7 @@ compile; the issue's target is a median >= 1.0. Size-major, cheapest family firs
 
 Largest size within --limit-memory-gib (24): for --limit-circuits, dense qrjax, compressed qrjax and Aer, sizes
 --limit-start, +--limit-step, ... --limit-max, size-major; each attempt a subprocess with --limit-timeout, its peak
-RSS the child's VmHWM, killed when its RSS passes the limit (or 85% of the machine's memory, whichever is lower); a
+RSS the child's VmHWM, killed when its RSS passes the limit (or 80% of the machine's memory, whichever is lower); a
 dense or Aer size whose state alone passes that is not attempted. A series stops at its first failure; the part
 stops when --limit-budget is spent.
 """
@@ -85,6 +85,7 @@ LIMIT_CIRCUITS = ("ghz", "qft", "bv", "lib:random_circuit")  # lib: a library ci
 LIMIT_KINDS = ("dense", "compressed", "aer")
 QUICK_FAMILIES = ("ghz", "qft", "dj", "qaoa", "dynamic_qft", "shor")
 QUICK_LIBRARY = ("qft", "grover_operator")
+KILL_SHARE = 0.8  # of the machine's memory: an attempt is killed before the kernel's OOM killer acts on anyone
 TARGET_DENSE = 1 - 1e-5
 TARGET_COMPRESSED = 0.99
 
@@ -396,7 +397,9 @@ def attempt(kind: str, path: str, memory_gib: float, threads: int) -> dict:
 
     if kind == "aer":
         qc = suite.qiskit_circuit(path)
-        runner = suite.aer_runner(qc, precision="single", threads=threads, max_memory_mb=int(memory_gib * 1024))
+        # no saved state: copying it out (as complex128) would add 3x the state to the peak
+        runner = suite.aer_runner(qc, precision="single", threads=threads, save_state=False,
+                                  max_memory_mb=int(memory_gib * 1024))
         t0 = time.perf_counter()
         runner()
         return {"seconds": time.perf_counter() - t0, "qubits": qc.num_qubits, "peak_rss_bytes": _status("VmHWM")}
@@ -434,8 +437,10 @@ def _status(field: str, pid: int | str = "self") -> int:
     return 0
 
 
-def run_attempt(kind: str, path: Path, args, threads: int, timeout: float, kill_bytes: int) -> dict:
-    """Run one attempt in a subprocess under a wall-clock limit and an RSS watchdog -> record."""
+def run_attempt(kind: str, path: Path, args, threads: int, timeout: float, kill_bytes: int, *,
+                budget_cut: bool = False) -> dict:
+    """Run one attempt in a subprocess under a wall-clock limit and an RSS watchdog -> record. `budget_cut`: the
+    limit is what was left of --limit-budget, not --limit-timeout (said so in the error)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--attempt", kind, str(path), "--limit-memory-gib",
            str(args.limit_memory_gib), "--threads", str(threads)]
     t0 = time.perf_counter()
@@ -452,26 +457,28 @@ def run_attempt(kind: str, path: Path, args, threads: int, timeout: float, kill_
         elapsed = time.perf_counter() - t0
         if peak_seen > kill_bytes or elapsed > timeout:
             why = (f"memory: RSS passed {kill_bytes / GIB:.1f} GiB" if peak_seen > kill_bytes else
-                   f"timeout: {timeout:.0f} s")
+                   f"timeout: {timeout:.0f} s" + (" (what was left of --limit-budget)" if budget_cut else ""))
             proc.kill()
             pid, status = os.waitpid(proc.pid, 0)
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     out_f.seek(0), err_f.seek(0)
     out, err = out_f.read(), err_f.read()
     out_f.close(), err_f.close()
-    # the child's own VmHWM when it finished, else the largest RSS the watchdog saw (polled every 0.1 s)
+    # the child's own VmHWM when it finished, else the largest RSS the watchdog saw (polled every 0.05 s)
     rec = {"kind": kind, "wall_seconds": time.perf_counter() - t0, "peak_rss_bytes": peak_seen}
     if why:
         rec.update(status="error", error=why)
-    elif proc.returncode != 0:
-        rec.update(status="error", error=f"exit {proc.returncode}: {err.strip()[-600:]}")
     else:
         try:
-            rec.update(json.loads(out.strip().splitlines()[-1]), status="ok")
+            printed = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            rec.update(status="error", error=f"no result printed: {err.strip()[-600:]}")
+            printed = {"error": f"exit {proc.returncode}, no result printed: {err.strip()[-600:]}"}
+        if proc.returncode == 0 and "error" not in printed:
+            rec.update(printed, status="ok")
+        else:
+            rec.update(status="error", error=printed.get("error") or f"exit {proc.returncode}: {err.strip()[-600:]}")
     return rec
 
 
@@ -490,7 +497,7 @@ def run_limits(args, threads, series: list, save) -> None:
 
     limit_bytes = args.limit_memory_gib * GIB
     mem_total = _mem_total()
-    kill_bytes = int(min(limit_bytes, 0.85 * mem_total)) if mem_total else int(limit_bytes)
+    kill_bytes = int(min(limit_bytes, KILL_SHARE * mem_total)) if mem_total else int(limit_bytes)
     start = time.perf_counter()
     series += [{"circuit": c, "kind": k, "attempts": [], "largest_ok": None, "stopped": None}
                for c in args.limit_circuits for k in args.limit_kinds]
@@ -516,7 +523,8 @@ def run_limits(args, threads, series: list, save) -> None:
             except Exception as err:  # noqa: BLE001
                 s["stopped"] = f"{n} qubits: {type(err).__name__}: {err}"[:600]
                 continue
-            rec = run_attempt(s["kind"], path, args, threads, min(args.limit_timeout, left), kill_bytes)
+            rec = run_attempt(s["kind"], path, args, threads, min(args.limit_timeout, left), kill_bytes,
+                              budget_cut=left < args.limit_timeout)
             rec["qubits"] = n
             s["attempts"].append(rec)
             tqdm.write(f"limit {s['circuit']} {s['kind']} {n}: {rec['status']} {rec.get('error', '')[:120]} "
@@ -692,7 +700,7 @@ def write_markdown(payload, out) -> str:
     lim = payload["limit_settings"]
     lines += [f"## Largest size within {lim['memory_gib']:g} GiB", "",
               f"Each attempt a subprocess with a {lim['timeout']:g} s limit, killed past {lim['kill_gib']:.1f} GiB "
-              f"RSS ({lim['memory_gib']:g} GiB, or 85% of the machine's {lim['machine_gib']:.1f} GiB if lower); "
+              f"RSS ({lim['memory_gib']:g} GiB, or 80% of the machine's {lim['machine_gib']:.1f} GiB if lower); "
               f"sizes {lim['start']}, {lim['start'] + lim['step']}, ... up to {lim['max']}; a series stops at its "
               f"first failure; part budget {lim['budget']:g} s.", "",
               bench.markdown_table(["circuit", "simulator", "largest completed", "seconds there", "peak RSS GiB there",
@@ -826,7 +834,7 @@ def parse_args(argv):
     ap.add_argument("--limit-step", type=int, default=None, help="qubits between sizes (2)")
     ap.add_argument("--limit-max", type=int, default=None, help="last size tried (40)")
     ap.add_argument("--limit-timeout", type=float, default=None, help="seconds per attempt (120)")
-    ap.add_argument("--limit-budget", type=float, default=None, help="seconds for the memory part, 0: no limit (360)")
+    ap.add_argument("--limit-budget", type=float, default=None, help="seconds for the memory part, 0: no limit (300)")
     ap.add_argument("--limit-memory-gib", type=float, default=24.0)
     ap.add_argument("--cache", type=Path, default=ROOT / "workdirs" / "quantum_suite_qasm",
                     help="folder of the generated QASM files (reused)")
@@ -844,7 +852,7 @@ def parse_args(argv):
         "speed_budget": 60 if quick else 480, "limit_circuits": ["ghz"] if quick else list(LIMIT_CIRCUITS),
         "limit_kinds": list(LIMIT_KINDS), "limit_start": 10 if quick else 24, "limit_step": 2,
         "limit_max": 12 if quick else 40, "limit_timeout": 60 if quick else 120,
-        "limit_budget": 90 if quick else 360,
+        "limit_budget": 90 if quick else 300,
     }
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -866,7 +874,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     threads = args.threads or jax_threads()
     if args.attempt:
-        print(json.dumps(attempt(args.attempt[0], args.attempt[1], args.limit_memory_gib, threads)))
+        try:
+            print(json.dumps(attempt(args.attempt[0], args.attempt[1], args.limit_memory_gib, threads)))
+        except Exception as err:  # noqa: BLE001 -- the parent records it
+            print(json.dumps({"error": f"{type(err).__name__}: {err}"[:1000]}))
+            return 1
         return 0
     from qrjax.quantum import suite
 
@@ -878,7 +890,7 @@ def main(argv=None) -> int:
     state = {"rows": [], "speed": [], "limits": []}
     mem_total = _mem_total()
     limit_settings = {"memory_gib": args.limit_memory_gib, "machine_gib": mem_total / GIB,
-                      "kill_gib": min(args.limit_memory_gib, 0.85 * mem_total / GIB) if mem_total else
+                      "kill_gib": min(args.limit_memory_gib, KILL_SHARE * mem_total / GIB) if mem_total else
                       args.limit_memory_gib, "timeout": args.limit_timeout, "budget": args.limit_budget,
                       "start": args.limit_start, "step": args.limit_step, "max": args.limit_max}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

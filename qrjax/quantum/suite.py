@@ -320,26 +320,32 @@ def _standard_gates_only(qc, max_levels: int = 20):
     return qc
 
 
-def aer_runner(qc, *, precision: str = "double", threads: int = 0, **options) -> Callable[[], np.ndarray]:
+def aer_runner(qc, *, precision: str = "double", threads: int = 0, save_state: bool = True,
+               **options) -> Callable[[], np.ndarray | None]:
     """A function of no arguments that runs `qc` on qiskit-aer's state-vector simulator (`precision` "single" or
     "double", `threads` = max_parallel_threads, 0 for Aer's default; `options` go to AerSimulator, e.g.
     max_memory_mb) and returns the final state: complex64[2^n] or complex128[2^n], qiskit's little-endian order.
     The preparation (user gate definitions unrolled to qiskit's standard gates, then transpiled for Aer at
     optimization level 0: the gates are not rewritten, Aer's own fusion does that while it runs) is done here once,
-    so calls time the simulation alone. Raises RuntimeError with Aer's status when a run fails."""
+    so calls time the simulation alone. save_state=False: the state is not copied out (the call returns None; one
+    shot of a final measurement keeps Aer from skipping a circuit without output), e.g. to measure Aer's own
+    memory. Raises RuntimeError with Aer's status when a run fails."""
     _require("qiskit_aer", "qiskit-aer")
     from qiskit import transpile
     from qiskit_aer import AerSimulator
 
     sim = AerSimulator(method="statevector", precision=precision, max_parallel_threads=threads, **options)
     prepared = transpile(_standard_gates_only(qc), sim, optimization_level=0)
-    prepared.save_statevector()
+    if save_state:
+        prepared.save_statevector()
+    else:
+        prepared.measure_all()
 
-    def run() -> np.ndarray:
-        result = sim.run(prepared).result()
+    def run() -> np.ndarray | None:
+        result = sim.run(prepared, shots=1).result()
         if not result.success:
             raise RuntimeError(f"qiskit-aer failed on {qc.name}: {result.status}")
-        return np.asarray(result.get_statevector(prepared).data)
+        return np.asarray(result.get_statevector(prepared).data) if save_state else None
 
     return run
 

@@ -141,10 +141,11 @@ def measure(path, *, threads: int, rounds: int, compressed: bool = True, referen
         if max_gates and len(circuit.gates) > max_gates:
             raise RowSkipped(f"{len(circuit.gates)} gates > --max-gates {max_gates} (compiling took 10-45 ms per gate "
                              f"on the 2-core CPU, dense and compressed together)")
-        stage = "qiskit parse"
         if qc is None:
+            stage = "qiskit parse"
             raise ValueError(f"qrjax reads the file, qiskit does not: {row['qiskit_error']}")
         if row.get("dynamic"):
+            stage = "dynamic circuit"
             raise ValueError(f"dynamic circuit ({', '.join(row['dynamic'])} before the end): no single final state "
                              f"vector to compare")
         ref = None
@@ -204,8 +205,10 @@ def measure(path, *, threads: int, rounds: int, compressed: bool = True, referen
             if ref is not None:
                 row["fidelity_compressed"] = fidelity(ref, run1["state"].to_dense())
     except BaseException as err:
-        err.stage = stage
-        err.partial = row
+        try:  # the caller's row keeps the step that failed and what was measured before it
+            err.stage, err.partial = stage, row
+        except AttributeError:  # an exception type without a __dict__
+            pass
         raise
     return row
 

@@ -2,8 +2,8 @@
 and compressed) against qiskit-aer: fidelity, seconds, ratios, dense speed at 20-26 qubits, largest size in 24 GiB.
 
     python experiments/quantum_suite.py                # default grid and budgets: about 30 minutes on the 2-core CPU
-    python experiments/quantum_suite.py --sizes 4 8 12 16 20 --budget 0      # a finer grid, no budget (~45 min)
-    python experiments/quantum_suite.py --sizes all --budget 0 --max-gates 0  # every offered size, every circuit
+    python experiments/quantum_suite.py --sizes 4 8 12 16 20 --budget 0   # a finer grid (estimated 35-40 minutes)
+    python experiments/quantum_suite.py --sizes all --budget 0 --max-gates 0 --row-timeout 0   # everything (hours)
     python experiments/quantum_suite.py --quick        # smoke test: a few families at <= 6 qubits (under a minute)
 
 Writes experiments/results/quantum_suite.{json,md,png} (rewritten after every row, so an interrupted run keeps what
@@ -71,15 +71,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the repository's
 from qrjax import bench  # noqa: E402
 
 GIB = 1 << 30
-# The default grid: per family, the offered sizes nearest these. Measured with every family parsed (qiskit standing in
-# for the full reader): the rows at the sizes nearest 4, 12, 20 took ~800 s together, 4, 8, 12, 16, 20 ~1,400 s.
+# The default grid: per family, the offered sizes nearest these. On the 2-core CPU (every family read, --max-gates
+# 2500) the rows at the sizes nearest 4 took 9 s together, 12: 44 s, 20: 607 s: up to 14 qubits the dense simulator
+# runs one program for every circuit, above that it compiles each circuit (10-50 ms per gate), so 16 would cost
+# about as much as 20 again.
 GRID = (4, 12, 20)
-# Dense speed at 20-26 qubits: families whose circuits stay at a few hundred gates at 26 qubits (gates after
-# unrolling every definition into qelib1 gates: ghz 26, bv 37, graphstate 52, qnn 77, wstate 101, vqe_su2 179,
-# qft 336, qpeexact 366, qaoa 978), listed cheapest first so that the budget, if it runs out, cuts the costliest
-# 26-qubit rows. Left out: families with thousands of gates at 20+ qubits (randomcircuit 3.5k-6k, qwalk, shor, grover,
-# the multipliers: compiling one takes minutes) and the dynamic circuits (no state vector).
-SPEED_FAMILIES = ("ghz", "bv", "graphstate", "qnn", "wstate", "vqe_su2", "qft", "qpeexact", "qaoa")
+# Dense speed at 20-26 qubits: families with at most about a thousand gates at 26 qubits as qrjax reads them (ghz 26,
+# bv 37, graphstate 52, qnn 77, wstate 101, vqe_su2 179, qft 336, qpeexact 366, qaoa 378, randomcircuit 1251), cheapest
+# first so that the budget, if it runs out, cuts the costliest 26-qubit rows. See SPEED_WHY.
+SPEED_FAMILIES = ("ghz", "bv", "graphstate", "qnn", "wstate", "vqe_su2", "qft", "qpeexact", "qaoa", "randomcircuit")
 SPEED_SIZES = (20, 22, 24, 26)
 LIMIT_CIRCUITS = ("ghz", "qft", "bv", "lib:random_circuit")  # lib: a library circuit
 LIMIT_KINDS = ("dense", "compressed", "aer")
@@ -139,8 +139,9 @@ def measure(path, *, threads: int, rounds: int, compressed: bool = True, referen
         circuit = load_qasm(path)
         row.update(qubits=circuit.num_qubits, gates=len(circuit.gates))
         if max_gates and len(circuit.gates) > max_gates:
-            raise RowSkipped(f"{len(circuit.gates)} gates > --max-gates {max_gates} (compiling took 10-45 ms per gate "
-                             f"on the 2-core CPU, dense and compressed together)")
+            raise RowSkipped(f"{len(circuit.gates)} gates > --max-gates {max_gates}: minutes to hours here (at 20 "
+                             f"qubits compiling took 10-50 ms per gate on the 2-core CPU; grover-12's 15,762 gates "
+                             f"took 115 s, mostly compressed)")
         if qc is None:
             stage = "qiskit parse"
             raise ValueError(f"qrjax reads the file, qiskit does not: {row['qiskit_error']}")
@@ -170,6 +171,7 @@ def measure(path, *, threads: int, rounds: int, compressed: bool = True, referen
                               warmup=1, warmup_fns={"dense": dense_first}, host=("aer",),
                               seconds=lambda r: r["seconds"])
         dense_first_summary = first["dense"]["summary"]
+        row.update(dense_method=dense_first_summary.get("method"), dense_passes=dense_first_summary.get("passes"))
         row.update(seconds_aer=t.median("aer"), seconds_dense=t.median("dense"),
                    ratio_aer_over_dense=t.ratio("aer", "dense"), rounds=rounds,
                    seconds_aer_rounds=t.seconds["aer"], seconds_dense_rounds=t.seconds["dense"])
@@ -717,12 +719,13 @@ def write_markdown(payload, out) -> str:
     return md
 
 
-SPEED_WHY = ("They stay at a few hundred gates at 26 qubits (gates after unrolling every definition: ghz 26, bv 37, "
-             "graphstate 52, qnn 77, wstate 101, vqe_su2 179, qft 336, qpeexact 366, qaoa 978), cheapest first, so "
-             "that the budget, if it runs out, cuts the costliest 26-qubit rows; qft is the issue's own comparison. "
-             "Left out: families with thousands of gates at 20+ qubits (randomcircuit 3.5k-6k, qwalk, shor, grover, "
-             "the multipliers), whose compilation alone takes minutes each, and the dynamic circuits (no state "
-             "vector). Rows at 20 qubits are reused from the per-circuit table where it ran them.")
+SPEED_WHY = ("At 26 qubits they have at most about a thousand gates as qrjax reads them (ghz 26, bv 37, graphstate 52, "
+             "qnn 77, wstate 101, vqe_su2 179, qft 336, qpeexact 366, qaoa 378, randomcircuit 1251), run cheapest "
+             "first, so that the budget, if it runs out, cuts the costliest 26-qubit rows; qft and a random circuit "
+             "are the issue's own comparison. Left out: families with thousands of gates or more at 20+ qubits "
+             "(qwalk, shor, grover, the multipliers), whose compilation alone takes minutes at these sizes, and the "
+             "dynamic circuits (no state vector). Rows at 20 qubits are reused from the per-circuit table where it "
+             "ran them.")
 
 
 def _family_row(family, v, rows) -> list:
@@ -820,16 +823,17 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds of Aer and qrjax dense (3)")
     ap.add_argument("--threads", type=int, default=None, help="Aer's max_parallel_threads (default: JAX's cores)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds for the per-circuit table, 0: no limit; rows after it are listed as skipped (840)")
+                    help="seconds for the per-circuit table, 0: no limit; rows after it are listed as skipped (900)")
     ap.add_argument("--row-timeout", type=float, default=None, help="seconds one circuit may take, 0: no limit (180)")
     ap.add_argument("--max-gates", type=int, default=None,
-                    help="circuits with more gates (after qrjax's reading) are skipped, 0: none (2500)")
+                    help="circuits with more gates (after qrjax's reading) are skipped, 0: none (16000: shor-18, "
+                         "qwalk-20 and grover-20 are past it)")
     ap.add_argument("--speed-families", nargs="*", default=None,
                     help=f"MQT families of the dense speed part ({' '.join(SPEED_FAMILIES)})")
     ap.add_argument("--speed-sizes", type=int, nargs="*", default=None,
                     help=f"qubit counts of the dense speed part ({' '.join(map(str, SPEED_SIZES))})")
     ap.add_argument("--speed-rounds", type=int, default=None, help="timed rounds in the speed part (2)")
-    ap.add_argument("--speed-budget", type=float, default=None, help="seconds for the speed part, 0: no limit (480)")
+    ap.add_argument("--speed-budget", type=float, default=None, help="seconds for the speed part, 0: no limit (540)")
     ap.add_argument("--limit-circuits", nargs="*", default=None,
                     help="circuits of the memory part: MQT families, lib:NAME for a library circuit")
     ap.add_argument("--limit-kinds", nargs="*", default=None, choices=LIMIT_KINDS, help="simulators of the memory part")
@@ -848,11 +852,11 @@ def parse_args(argv):
     defaults = {
         "sizes": ["4"] if quick else [str(g) for g in GRID], "max_qubits": 6 if quick else 20,
         "families": list(QUICK_FAMILIES) if quick else None, "library": list(QUICK_LIBRARY) if quick else None,
-        "rounds": 1 if quick else 3, "budget": 300 if quick else 840, "row_timeout": 120 if quick else 180,
-        "max_gates": 2500,
+        "rounds": 1 if quick else 3, "budget": 300 if quick else 900, "row_timeout": 120 if quick else 180,
+        "max_gates": 16000,
         "speed_families": ["ghz", "qft"] if quick else list(SPEED_FAMILIES),
         "speed_sizes": [8, 9] if quick else list(SPEED_SIZES), "speed_rounds": 1 if quick else 2,
-        "speed_budget": 60 if quick else 480, "limit_circuits": ["ghz"] if quick else list(LIMIT_CIRCUITS),
+        "speed_budget": 60 if quick else 540, "limit_circuits": ["ghz"] if quick else list(LIMIT_CIRCUITS),
         "limit_kinds": list(LIMIT_KINDS), "limit_start": 10 if quick else 24, "limit_step": 2,
         "limit_max": 12 if quick else 40, "limit_timeout": 60 if quick else 120,
         "limit_budget": 90 if quick else 300,

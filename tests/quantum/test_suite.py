@@ -1,11 +1,6 @@
 """The quantum suite's circuits against qiskit-aer: MQT Bench families and qiskit library circuits at <= 12 qubits,
 written to OpenQASM 2 by qiskit and read back by qrjax, dense (complex64) and compressed (pw_rel 1e-3), compared with
 Aer's double-precision state vector of the same file.
-
-Cases whose files hold what the reader does not take yet (user `gate` definitions, ccx, rzz, ...) carry the
-`needs_full_qasm` mark: while a probe program with those constructs fails to parse they are expected to fail with
-a QasmError (and only with that: a wrong state still fails them); once the reader takes the probe, the mark lifts
-and they must pass like the others.
 """
 
 import math
@@ -17,41 +12,17 @@ pytest.importorskip("qiskit")
 pytest.importorskip("qiskit_aer")
 pytest.importorskip("mqt.bench")
 
-from qrjax.quantum import QasmError, fidelity, load_qasm, parse_qasm, suite  # noqa: E402
+from qrjax.quantum import fidelity, load_qasm, suite  # noqa: E402
 from qrjax.quantum.cli import run  # noqa: E402
 
-PROBE = """OPENQASM 2.0;
-include "qelib1.inc";
-gate maj(theta) a, b, c { cx c, b; cx c, a; ccx a, b, c; rz(theta / 2) c; }
-qreg q[3];
-creg c[3];
-maj(pi) q[0], q[1], q[2];
-rzz(0.3) q[0], q[1];
-cswap q[0], q[1], q[2];
-sx q[2];
-cu3(0.1, 0.2, 0.3) q[1], q[0];
-"""
-
-
-def _full_qasm() -> bool:
-    try:
-        parse_qasm(PROBE, source="probe")
-    except QasmError:
-        return False
-    return True
-
-
-needs_full_qasm = pytest.mark.xfail(not _full_qasm(), raises=QasmError, strict=True,
-                                    reason="the reader does not take gate definitions / all of qelib1.inc yet")
-
-# (family, size): parse with today's reader (qpeexact: two registers)
-MQT_NOW = [("ghz", 12), ("qft", 8), ("graphstate", 10), ("qpeexact", 7), ("vqe_su2", 6)]
-# (family, size): gate definitions (nested in cdkm), ccx/rccx, rzz, rxx, cry, a decomposed controlled unitary (ae)
-MQT_LATER = [("dj", 6), ("qaoa", 6), ("half_adder", 7), ("cdkm_ripple_carry_adder", 6), ("randomcircuit", 5),
-             ("hhl", 4), ("ae", 4), ("bmw_quark_copula", 4)]
-LIBRARY_NOW = [("iqp", 8)]
-# the unitary gates of quantum volume, a gate with the circuit's whole width (qft), mcx, qiskit's whole gate set
-LIBRARY_LATER = [("quantum_volume", 5), ("qft", 6), ("grover_operator", 5), ("random_circuit", 5)]
+# (family, size): plain qelib1 gates; two registers (qpeexact); user gate definitions (dj, nested in cdkm), ccx and
+# rccx (half_adder, randomcircuit), rzz (qaoa), rxx (bmw_quark_copula), cry (hhl), a decomposed controlled unitary (ae)
+MQT = [("ghz", 12), ("qft", 8), ("graphstate", 10), ("qpeexact", 7), ("vqe_su2", 6), ("dj", 6), ("qaoa", 6),
+       ("half_adder", 7), ("cdkm_ripple_carry_adder", 6), ("randomcircuit", 5), ("hhl", 4), ("ae", 4),
+       ("bmw_quark_copula", 4)]
+# plain gates (iqp); the unitary gates of quantum volume, a gate as wide as the circuit (qft), mcx (grover), qiskit's
+# whole gate set (random_circuit)
+LIBRARY = [("iqp", 8), ("quantum_volume", 5), ("qft", 6), ("grover_operator", 5), ("random_circuit", 5)]
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +43,12 @@ def _check_against_aer(path):
     assert fidelity(ref, state.to_dense()) >= 0.99
 
 
-@pytest.mark.parametrize("family, size", MQT_NOW + [pytest.param(*c, marks=needs_full_qasm) for c in MQT_LATER])
+@pytest.mark.parametrize("family, size", MQT)
 def test_mqt_family_matches_aer(folder, family, size):
     _check_against_aer(suite.write_family_qasm(family, size, folder))
 
 
-@pytest.mark.parametrize("name, n", LIBRARY_NOW + [pytest.param(*c, marks=needs_full_qasm) for c in LIBRARY_LATER])
+@pytest.mark.parametrize("name, n", LIBRARY)
 def test_library_circuit_matches_aer(folder, name, n):
     _check_against_aer(suite.write_library_qasm(name, n, folder))
 

@@ -631,7 +631,7 @@ def write_markdown(payload, out) -> str:
         f"{payload['versions'].get('mqt.bench')}; Aer single precision with max_parallel_threads = "
         f"{payload['threads']} (the cores JAX uses). Fidelities against Aer's double-precision state; ratios are Aer "
         f"seconds / qrjax seconds (> 1: qrjax faster), medians of per-round ratios of interleaved runs. Compressed: "
-        f"pw_rel 1e-3, b = max(n/2, n-6) block qubits, k = (n-b)/2 group qubits. Run time "
+        f"pw_rel 1e-3, b = max(n/2, n-6) block qubits, k = max((n-b)/2, widest gate) group qubits. Run time "
         f"{payload['wall_seconds'] / 60:.1f} min.", "",
         "## Targets", "",
         bench.markdown_table(["target", "measured", "met"], [

@@ -632,21 +632,21 @@ class _Parser:
 
     # ---- expressions -------------------------------------------------------------------------------------------
 
-    def _expr(self, src, i, names):
-        a, i = self._term(src, i, names)
-        while src.toks[i] in ("+", "-"):
+    @staticmethod
+    def _left_assoc(src, i, names, ops, operand):
+        """operand (op operand)*, folded left to right: one precedence level of the expression grammar."""
+        a, i = operand(src, i, names)
+        while src.toks[i] in ops:
             op = src.toks[i]
-            b, i = self._term(src, i + 1, names)
+            b, i = operand(src, i + 1, names)
             a = _fold(op, a, b)
         return a, i
 
+    def _expr(self, src, i, names):
+        return self._left_assoc(src, i, names, ("+", "-"), self._term)
+
     def _term(self, src, i, names):
-        a, i = self._unary(src, i, names)
-        while src.toks[i] in ("*", "/"):
-            op = src.toks[i]
-            b, i = self._unary(src, i + 1, names)
-            a = _fold(op, a, b)
-        return a, i
+        return self._left_assoc(src, i, names, ("*", "/"), self._unary)
 
     def _unary(self, src, i, names):
         t = src.toks[i]

@@ -246,8 +246,8 @@ class CompressedState:
             with jax.enable_x64(self.dtype == np.complex128):
                 state = jnp.asarray(staging.reshape(-1))
                 del staging
-                for s in range(0, len(stage.gates), self.config.chunk):
-                    state = apply_gates(state, stage.gates[s:s + self.config.chunk], fusion=self.config.fusion)
+                for gates in self._chunks(stage):
+                    state = apply_gates(state, gates, fusion=self.config.fusion)
                 if stage.perm is not None:
                     state = _permute_local(state, m, stage.perm)
                 state = state.reshape(len(idxs), -1)
@@ -258,13 +258,18 @@ class CompressedState:
         finally:
             self.meter.add(-2 * dense)
 
+    def _chunks(self, stage: Stage) -> list[tuple[Gate, ...]]:
+        """The stage's gates as the compiled programs take them: config.chunk at a time."""
+        c = self.config.chunk
+        return [stage.gates[s:s + c] for s in range(0, len(stage.gates), c)]
+
     def prepare_stage(self, stage: Stage) -> None:
         """Compile what run_stage will run for `stage` (its gate programs and its qubit permutation), so that a
         caller can time compilation apart from the run."""
         m = self.b + len(stage.globals)
         with jax.enable_x64(self.dtype == np.complex128):
-            for s in range(0, len(stage.gates), self.config.chunk):
-                prepare(m, stage.gates[s:s + self.config.chunk], dtype=self.dtype, fusion=self.config.fusion)
+            for gates in self._chunks(stage):
+                prepare(m, gates, dtype=self.dtype, fusion=self.config.fusion)
             if stage.perm is not None:
                 _permute_local(jnp.zeros(1 << m, self.dtype), m, stage.perm).block_until_ready()
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qrjax.quantum.circuit import DIAGONAL_GATES, Circuit, Gate, gate_matrix
+from qrjax.quantum.circuit import Circuit, Gate, gate_matrix
 
 _ZERO_TOL = 1e-12  # constant matrix entries below this (e.g. H @ H's off-diagonal 1e-17) are structural zeros
 DEFAULT_FUSION = 3  # widest fused op; see apply_gates for the measurements behind it

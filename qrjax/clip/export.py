@@ -43,6 +43,12 @@ def _encoders(arch: tuple) -> tuple:
     return image_fn, text_fn
 
 
+@functools.cache
+def _text_states_fn(arch: tuple):
+    model = CLIP(CLIPConfig(**dict(arch)))
+    return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens, method="encode_text_states"))
+
+
 class ClipModel(NamedTuple):
     """A trained CLIP: config, parameters ({'visual': ..., 'text': ...}), the tokenizer (qrjax.clip.tokenizer's
     Tokenizer) and the trained temperature tau (None when the file does not record one)."""
@@ -63,13 +69,25 @@ class ClipModel(NamedTuple):
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
         """N strings -> float32[N, embed_dim] unit-norm text features (tokenised to config.context_length)."""
+        tokens = self._tokens(texts)
+        return embed(encoders(self.config)[1], self.params, tokens, batch_size)
+
+    def encode_text_states(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        """N strings -> (float32[N, context_length, text_width] per-token states after ln_final, float32[N,
+        embed_dim] unit-norm features): what a text-to-image model reads (qrjax.diffusion's text conditioning)."""
+        tokens = self._tokens(texts)
+        fn = _text_states_fn(tuple((f, getattr(self.config, f)) for f in ARCH_FIELDS))
+        states, pooled = fn(self.params, jnp.asarray(tokens, jnp.int32))
+        return np.asarray(states), np.asarray(pooled)
+
+    def _tokens(self, texts) -> np.ndarray:
         if isinstance(texts, str):
             raise ValueError(f"texts: a single string {texts!r}; pass a list of strings")
         tokens = np.asarray(self.tokenizer.encode(list(texts), self.config.context_length))
         if tokens.size and tokens.max() >= self.config.vocab_size:
             raise ValueError(f"texts: token id {int(tokens.max())} is outside the text tower's vocab_size "
                              f"{self.config.vocab_size}: the tokenizer does not belong to this model")
-        return embed(encoders(self.config)[1], self.params, tokens, batch_size)
+        return tokens
 
 
 def variables_template(config: CLIPConfig) -> dict:

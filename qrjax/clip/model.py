@@ -125,7 +125,9 @@ class TextTransformer(nn.Module):
     config: CLIPConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, return_states: bool = False):
+        """return_states: also return the per-token states after ln_final, [B, L, text_width] (what a text-to-image
+        model attends to, as SD3 reads CLIP's penultimate states)."""
         c = self.config
         if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= c.context_length:
             raise ValueError(f"tokens: shape {tuple(tokens.shape)}; expected [B, L] with 1 <= L <= "
@@ -137,12 +139,13 @@ class TextTransformer(nn.Module):
         pos = self.param("positional_embedding", nn.initializers.normal(0.01), (c.context_length, w))
         x = x + pos[:length].astype(x.dtype)
         x = Transformer(w, c.text_depth, c.text_heads, c.mlp_ratio, causal=True, name="transformer")(x)
-        x = nn.LayerNorm(epsilon=LN_EPS, name="ln_final")(x)
+        states = nn.LayerNorm(epsilon=LN_EPS, name="ln_final")(x)
         # a row without EOT pools at position 0 (argmax of all-False); the tokenizer always writes one
         eot = jnp.argmax(tokens == EOT_TOKEN, axis=1)
-        x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
-        return nn.Dense(c.embed_dim, use_bias=False, kernel_init=nn.initializers.normal(w ** -0.5),
-                        name="proj")(x)
+        x = jnp.take_along_axis(states, eot[:, None, None], axis=1)[:, 0]
+        pooled = nn.Dense(c.embed_dim, use_bias=False, kernel_init=nn.initializers.normal(w ** -0.5),
+                          name="proj")(x)
+        return (states, pooled) if return_states else pooled
 
 
 class CLIP(nn.Module):
@@ -161,6 +164,11 @@ class CLIP(nn.Module):
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         """int[B, L] token ids with one EOT per row -> unit-norm [B, embed_dim]."""
         return l2_normalize(self.text(tokens))
+
+    def encode_text_states(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """int[B, L] -> (per-token states [B, L, text_width] after ln_final, unit-norm features [B, embed_dim])."""
+        states, pooled = self.text(tokens, return_states=True)
+        return states, l2_normalize(pooled)
 
     def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.encode_image(images), self.encode_text(tokens)

@@ -26,6 +26,14 @@ class DiTConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     num_classes: int = 0  # 0: unconditional; else classes 0..n-1 plus a null class n for guidance
+    # Text conditioning (text_model set): an MMDiT whose image tokens and the frozen CLIP text tower's caption tokens
+    # share one joint attention (separate weights per stream, as in SD3); captions dropped to "" for guidance.
+    text_model: str = ""  # "": class-conditional DiT; else a CLIP model (a shipped name or a model file's stem)
+    text_width: int = 96  # the CLIP text tower's width (its per-token states)
+    text_length: int = 16  # caption tokens (the CLIP context length)
+    text_embed: int = 64  # the CLIP pooled feature (added to the timestep conditioning)
+    data: str = "photos"  # photos (crops of the bundled photographs, one class each) | scenes (CLIP's captioned
+    # synthetic scenes)
     rope_theta: float = 100.0
     attention: str = "auto"  # auto (Pallas flash kernel on GPU, XLA elsewhere) | kernel | xla
     # Flow matching: x_t = (1 - t) x0 + t noise, the model predicts v = noise - x0.
@@ -58,6 +66,15 @@ class DiTConfig:
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    @property
+    def text(self) -> bool:
+        return bool(self.text_model)
+
+    @property
+    def image_tokens(self) -> int:
+        """Image tokens at the training resolution (N_train of TIDE's corrections)."""
+        return (self.latent_size // self.patch) ** 2
 
     def replace(self, **changes) -> "DiTConfig":
         return dataclasses.replace(self, **changes)
@@ -95,6 +112,12 @@ PRESETS: dict[str, DiTConfig] = {
                        eval_every=10_000, num_classes=1000),
     # Trained on this 2-core machine in about an hour: 32-px crops of the bundled photographs, one class per photograph.
     "cpu": DiTConfig(name="cpu", num_classes=12),
+    # Text-to-image on this machine: CLIP's captioned synthetic scenes at 32 px, conditioned on the shipped CLIP.
+    "t2i-cpu": DiTConfig(name="t2i-cpu", text_model="cpu", data="scenes", steps=4000, warmup_steps=200,
+                         label_dropout=0.1, eval_samples=128),
+    "t2i-tiny": DiTConfig(name="t2i-tiny", image_size=16, dim=32, depth=2, heads=2, text_model="cpu", data="scenes",
+                          batch_size=8, steps=4, warmup_steps=1, log_every=1, checkpoint_every=2, eval_every=2,
+                          eval_samples=8),
     "tiny": DiTConfig(name="tiny", image_size=16, dim=32, depth=2, heads=2, num_classes=12, batch_size=8, steps=4,
                       warmup_steps=1, log_every=1, checkpoint_every=2, eval_every=2, eval_samples=8),
 }

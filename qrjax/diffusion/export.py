@@ -17,7 +17,7 @@ from qrjax.diffusion.config import DiTConfig
 from qrjax.diffusion.model import DiffusionModel, init_params
 from qrjax.train import export
 
-PRETRAINED = ("cpu",)
+PRETRAINED = ("cpu", "t2i-cpu")
 
 
 def variables_template(config: DiTConfig) -> dict:
@@ -40,8 +40,17 @@ def save_model(model: DiffusionModel, path: str | Path, extra: dict | None = Non
 
 
 def _model(config: DiTConfig, variables: dict, meta: dict) -> DiffusionModel:
+    clip = None
+    if config.text:  # the frozen text tower the model was trained on: a shipped CLIP name or a model file
+        from qrjax.clip.export import resolve_model as resolve_clip
+
+        try:
+            clip = resolve_clip(config.text_model)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"diffusion model {config.name!r}: its text_model {config.text_model!r} does not load: "
+                             f"{err}") from None
     return DiffusionModel(config, jax.tree.map(jnp.asarray, variables["params"]),
-                          Autoencoder.from_dict(variables["autoencoder"]), tuple(meta.get("class_names", ())))
+                          Autoencoder.from_dict(variables["autoencoder"]), tuple(meta.get("class_names", ())), clip)
 
 
 def load_model(path: str | Path) -> DiffusionModel:

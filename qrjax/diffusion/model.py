@@ -14,7 +14,7 @@ through the Pallas flash kernel on GPU (config.attention = "auto") and XLA's fus
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -137,16 +137,41 @@ class DiT(nn.Module):
 def init_params(config: DiTConfig, key: jax.Array) -> dict:
     s = config.latent_size
     shape = (1, config.frames, s, s, config.channels) if config.frames > 1 else (1, s, s, config.channels)
+    if config.text:
+        return MMDiT(config).init(key, jnp.zeros(shape), jnp.zeros((1,)),
+                                  jnp.zeros((1, config.text_length, config.text_width)),
+                                  jnp.zeros((1, config.text_embed)))["params"]
     return DiT(config).init(key, jnp.zeros(shape), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
 
 
 class DiffusionModel(NamedTuple):
-    """A trained generator: config, DiT parameters (the EMA), the autoencoder, and the class names."""
+    """A trained generator: config, DiT parameters (the EMA), the autoencoder, the class names, and for a
+    text-to-image model the frozen CLIP (qrjax.clip.export.ClipModel) whose text tower conditions it."""
 
     config: DiTConfig
     params: dict
     autoencoder: Autoencoder
     class_names: tuple[str, ...] = ()
+    clip: Any = None
+
+    def text_cond(self, prompts) -> "TextCond":
+        """TextCond for a list of prompts (words the CLIP tokenizer does not know read as its <unk>; see
+        `unknown_words`)."""
+        if self.clip is None:
+            raise ValueError(f"model {self.config.name!r} is class-conditional; a prompt needs a text-to-image model "
+                             f"(e.g. --model t2i-cpu)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        states, pooled = self.clip.encode_text_states(list(prompts))
+        null_states, null_pooled = self.clip.encode_text_states([""])
+        return TextCond(*(jnp.asarray(a) for a in (states, pooled, null_states, null_pooled)))
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of a prompt outside the CLIP tokenizer's vocabulary."""
+        from qrjax.clip.tokenizer import words
+
+        vocab = set(self.clip.tokenizer.vocab) if self.clip is not None else set()
+        return [w for w in words(prompt) if w not in vocab]
 
     def label(self, name_or_index: str | int) -> int:
         """A class index from a name (a training photograph) or index; the null class for 'none'."""
@@ -160,3 +185,172 @@ class DiffusionModel(NamedTuple):
         if not 0 <= i <= self.config.null_class:
             raise ValueError(f"class index {i} is outside 0..{self.config.null_class} (the last is unconditional)")
         return i
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text-to-image: an MMDiT over image tokens and the frozen CLIP text tower's caption tokens
+# ---------------------------------------------------------------------------------------------------------------
+
+class TextCond(NamedTuple):
+    """What a text-to-image model is conditioned on: the CLIP text tower's per-token states f32[B, T, text_width] and
+    its unit-norm pooled features f32[B, text_embed], and the same for the empty caption (f32[1, T, w], f32[1, e]),
+    the unconditional half of classifier-free guidance."""
+
+    states: jax.Array
+    pooled: jax.Array
+    null_states: jax.Array
+    null_pooled: jax.Array
+
+    def first(self, b: int) -> "TextCond":
+        """The first prompt repeated b times (SuperGen's tiles all read their canvas's prompt)."""
+        return self._replace(states=jnp.broadcast_to(self.states[:1], (b, *self.states.shape[1:])),
+                             pooled=jnp.broadcast_to(self.pooled[:1], (b, *self.pooled.shape[1:])))
+
+
+class AttentionControl(NamedTuple):
+    """Inference-time corrections of the joint attention (TIDE's, qrjax.diffusion.tide): logits are multiplied by
+    `logit_scale` (1: unchanged; > 1 sharpens) and `text_bias` is added to the logits of every text key (log of a
+    factor on the text tokens' unnormalised attention weight). Scalars, possibly traced (step-dependent)."""
+
+    logit_scale: jax.Array | float = 1.0
+    text_bias: jax.Array | float = 0.0
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)(W/p), p*p*C] tokens, row-major."""
+    b, hh, ww, c = x.shape
+    return x.reshape(b, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
+
+
+def unpatchify(tokens: jax.Array, p: int, shape: tuple[int, int, int]) -> jax.Array:
+    """Inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C] for shape (H, W, C)."""
+    hh, ww, c = shape
+    b = tokens.shape[0]
+    return tokens.reshape(b, hh // p, ww // p, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
+
+
+def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, n_text: int, control: AttentionControl | None,
+                    mode: str = "auto") -> jax.Array:
+    """[B, L, H, D] attention whose first `n_text` keys are text tokens, with `control`'s logit scale and text-key
+    bias (the scale is folded into q, so the Pallas kernel keeps its static softmax scale)."""
+    if control is None:
+        return attention(q, k, v, mode)
+    q = q * jnp.asarray(control.logit_scale, q.dtype)
+    bias = jnp.where(jnp.arange(k.shape[1]) < n_text, jnp.asarray(control.text_bias, jnp.float32), 0.0)
+    bias = jnp.broadcast_to(bias, (k.shape[0], k.shape[1]))
+    if mode not in ("auto", "kernel", "xla"):
+        raise ValueError(f"attention mode {mode!r}: choose auto, kernel or xla")
+    if mode == "kernel" or (mode == "auto" and jax.default_backend() == "gpu"):
+        from pallas_kernels.flash_attention import flash_attention
+
+        return flash_attention(q, k, v, key_bias=bias)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias[:, None, None, :].astype(q.dtype))
+
+
+class MMDiTBlock(nn.Module):
+    """SD3's joint block: image and text streams with their own adaLN, qkv, projection and MLP weights, one attention
+    over [text; image]. With `kv` (the image keys and values of every token, from earlier steps) and `idx` (the
+    tokens x holds), only those tokens are computed; the others are read from kv (SDiT's cached regions)."""
+
+    dim: int
+    heads: int
+    mlp_ratio: float
+    attention: str = "auto"
+
+    def _stream(self, name, h, y):
+        mod = nn.Dense(6 * self.dim, kernel_init=nn.initializers.zeros, name=f"{name}_adaLN")(nn.silu(y))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, -1)
+        hn = modulate(nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6, name=f"{name}_ln1")(h),
+                      shift_a, scale_a)
+        b, n, _ = h.shape
+        qkv = nn.Dense(3 * self.dim, name=f"{name}_qkv")(hn).reshape(b, n, 3, self.heads, self.dim // self.heads)
+        return qkv, (gate_a, shift_m, scale_m, gate_m)
+
+    def _finish(self, name, h, a, mods):
+        gate_a, shift_m, scale_m, gate_m = mods
+        h = h + gate_a[:, None] * nn.Dense(self.dim, name=f"{name}_proj")(a)
+        hn = modulate(nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6, name=f"{name}_ln2")(h),
+                      shift_m, scale_m)
+        hn = nn.Dense(int(self.dim * self.mlp_ratio), name=f"{name}_fc1")(hn)
+        return h + gate_m[:, None] * nn.Dense(self.dim, name=f"{name}_fc2")(nn.gelu(hn, approximate=True))
+
+    @nn.compact
+    def __call__(self, x, c, y, cos, sin, control=None, kv=None, idx=None):
+        qkv_x, mods_x = self._stream("img", x, y)
+        qkv_c, mods_c = self._stream("txt", c, y)
+        kx, vx = apply_rope(qkv_x[:, :, 1], cos, sin), qkv_x[:, :, 2]
+        if kv is not None:  # write this step's keys and values of the computed tokens over the cached ones
+            kx = kv[0].at[:, idx].set(kx, mode="drop")
+            vx = kv[1].at[:, idx].set(vx, mode="drop")
+        q = jnp.concatenate([qkv_c[:, :, 0], apply_rope(qkv_x[:, :, 0], cos, sin)], 1)
+        k = jnp.concatenate([qkv_c[:, :, 1], kx], 1)
+        v = jnp.concatenate([qkv_c[:, :, 2], vx], 1)
+        t = c.shape[1]
+        a = joint_attention(q, k, v, t, control, self.attention).reshape(q.shape[0], q.shape[1], self.dim)
+        c = self._finish("txt", c, a[:, :t], mods_c)
+        x = self._finish("img", x, a[:, t:], mods_x)
+        return x, c, (kx, vx)
+
+
+class MMDiT(nn.Module):
+    """The text-conditioned DiT. `MMDiT(config).apply({'params': p}, x, t, states, pooled) -> v`
+    - x: f32[B, H, W, C] latents; t: f32[B] flow time; states: f32[B, T, text_width] CLIP token states; pooled:
+      f32[B, text_embed] CLIP's unit-norm feature (added to the timestep conditioning, as SD3 adds its pooled CLIP);
+    - control: AttentionControl (TIDE) or None;
+    - SDiT's partial computation: `idx` int32[M] (the image tokens to compute, row-major; entries >= N are padding)
+      with `kv` (per block, the image keys and values [B, N, H, D] of every token); returns (tokens f32[B, M,
+      p*p*C] of the computed tokens, the updated kv). `return_kv=True` on a full call returns (v, kv).
+    Image tokens carry 2-D axial RoPE; text tokens carry no position, so the same weights read any image size."""
+
+    config: DiTConfig
+
+    @nn.compact
+    def __call__(self, x, t, states, pooled, control: AttentionControl | None = None, kv=None, idx=None,
+                 return_kv: bool = False):
+        cfg = self.config
+        b, hh, ww, c = x.shape
+        p = cfg.patch
+        if hh % p or ww % p:
+            raise ValueError(f"MMDiT: latent {hh}x{ww} is not divisible by the patch size {p}")
+        if c != cfg.channels:
+            raise ValueError(f"MMDiT: latent has {c} channels, the model {cfg.channels}")
+        if states.shape[1:] != (cfg.text_length, cfg.text_width) or pooled.shape[1:] != (cfg.text_embed,):
+            raise ValueError(f"MMDiT: text states {tuple(states.shape)} / pooled {tuple(pooled.shape)}; the model "
+                             f"reads [B, {cfg.text_length}, {cfg.text_width}] and [B, {cfg.text_embed}]")
+        gh, gw = hh // p, ww // p
+        n = gh * gw
+        tokens = patchify(x, p)
+        cos, sin = (jnp.asarray(a) for a in rope_tables((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta))
+        if idx is not None:
+            safe = jnp.minimum(idx, n - 1)
+            tokens, cos, sin = tokens[:, safe], cos[safe], sin[safe]
+        h = nn.Dense(cfg.dim, name="patch_embed")(tokens)
+        ctx = nn.Dense(cfg.dim, name="text_embed")(states.astype(h.dtype))
+        y = nn.Dense(cfg.dim, name="t_mlp1")(timestep_embedding(t, 256))
+        y = nn.Dense(cfg.dim, name="t_mlp2")(nn.silu(y))
+        y = y + nn.Dense(cfg.dim, name="pooled_mlp2")(nn.silu(nn.Dense(cfg.dim, name="pooled_mlp1")(pooled)))
+        new_kv = []
+        for i in range(cfg.depth):
+            h, ctx, kv_i = MMDiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.attention, name=f"block{i}")(
+                h, ctx, y, cos, sin, control, None if kv is None else kv[i], idx)
+            new_kv.append(kv_i)
+        shift, scale = jnp.split(nn.Dense(2 * cfg.dim, kernel_init=nn.initializers.zeros, name="final_adaLN")(
+            nn.silu(y)), 2, -1)
+        h = modulate(nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6)(h), shift, scale)
+        out = nn.Dense(p * p * c, kernel_init=nn.initializers.zeros, name="out")(h)
+        if idx is not None:
+            return out, tuple(new_kv)
+        v = unpatchify(out, p, (hh, ww, c))
+        return (v, tuple(new_kv)) if return_kv else v
+
+
+def make_model(config: DiTConfig) -> nn.Module:
+    """The network a config describes: the class-conditional DiT or, with a text_model, the MMDiT."""
+    return MMDiT(config) if config.text else DiT(config)
+
+
+def apply_model(config: DiTConfig, params, x: jax.Array, t: jax.Array, cond, control: AttentionControl | None = None):
+    """v for a batch: cond is int32[B] labels (or None) for the DiT, a TextCond whose rows match x for the MMDiT."""
+    if config.text:
+        return MMDiT(config).apply({"params": params}, x, t, cond.states, cond.pooled, control)
+    return DiT(config).apply({"params": params}, x, t, cond)

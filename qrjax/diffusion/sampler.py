@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qrjax.diffusion.config import DiTConfig
-from qrjax.diffusion.model import DiT
+from qrjax.diffusion.model import apply_model
 
 SAMPLERS = ("euler", "heun")
 
@@ -27,21 +27,32 @@ def schedule(steps: int, shift: float = 1.0) -> np.ndarray:
     return (shift * t / (1.0 + (shift - 1.0) * t)).astype(np.float32)
 
 
-def velocity_fn(config: DiTConfig, params, labels: jax.Array | None, guidance: float = 1.0) -> Callable:
-    """v(x, t) for a batch x: [B, ...] at scalar time t, with classifier-free guidance when guidance != 1:
-    v = v_uncond + guidance (v_cond - v_uncond), both halves in one model call."""
-    model = DiT(config)
+def velocity_fn(config: DiTConfig, params, cond, guidance: float = 1.0, control=None) -> Callable:
+    """v(x, t) for a batch x: [B, ...] at scalar time t. cond: int32[B] class labels (or None) for the DiT, a TextCond
+    for the MMDiT (control: its AttentionControl, or a function t -> AttentionControl for step-aware corrections).
+    Classifier-free guidance when guidance != 1: v = v_uncond + guidance (v_cond - v_uncond), both halves in one
+    model call (the null class, or the empty caption)."""
 
     def v(x, t):
         b = x.shape[0]
         tt = jnp.full((b,), t, jnp.float32)
-        if guidance == 1.0 or not config.num_classes:
-            return model.apply({"params": params}, x, tt, labels)
-        null = jnp.full((b,), config.null_class, jnp.int32)
-        out = model.apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]),
-                          jnp.concatenate([labels, null]))
-        cond, uncond = out[:b], out[b:]
-        return uncond + guidance * (cond - uncond)
+        ctl = control(t) if callable(control) else control
+        if config.text:
+            null = cond._replace(states=jnp.broadcast_to(cond.null_states, cond.states.shape),
+                                 pooled=jnp.broadcast_to(cond.null_pooled, cond.pooled.shape))
+            if guidance == 1.0:
+                return apply_model(config, params, x, tt, cond, ctl)
+            both = cond._replace(states=jnp.concatenate([cond.states, null.states]),
+                                 pooled=jnp.concatenate([cond.pooled, null.pooled]))
+            out = apply_model(config, params, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]), both, ctl)
+        else:
+            if guidance == 1.0 or not config.num_classes:
+                return apply_model(config, params, x, tt, cond)
+            null = jnp.full((b,), config.null_class, jnp.int32)
+            out = apply_model(config, params, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]),
+                              jnp.concatenate([cond, null]))
+        c, u = out[:b], out[b:]
+        return u + guidance * (c - u)
 
     return v
 
@@ -65,14 +76,16 @@ def step(v_fn: Callable, x: jax.Array, t, t_next, sampler: str = "euler", v: jax
 
 
 @partial(jax.jit, static_argnames=("config", "steps", "sampler", "guidance", "start", "shape"))
-def sample(config: DiTConfig, params, key: jax.Array, labels: jax.Array | None, *, shape: tuple[int, ...],
-           steps: int = 20, sampler: str = "euler", guidance: float = 1.0, start: int = 0,
-           x: jax.Array | None = None) -> jax.Array:
-    """Latents [B, *shape] generated from noise (or from `x` at schedule index `start`) in `steps` steps."""
+def sample(config: DiTConfig, params, key: jax.Array, cond, *, shape: tuple[int, ...], steps: int = 20,
+           sampler: str = "euler", guidance: float = 1.0, start: int = 0, x: jax.Array | None = None,
+           control=None) -> jax.Array:
+    """Latents [B, *shape] generated from noise (or from `x` at schedule index `start`) in `steps` steps. cond: class
+    labels int32[B] (or None: one unconditional sample) or a TextCond; control: see `velocity_fn`."""
     ts = jnp.asarray(schedule(steps, config.time_shift))
     if x is None:
-        x = jax.random.normal(key, (labels.shape[0] if labels is not None else 1, *shape), jnp.float32)
-    v_fn = velocity_fn(config, params, labels, guidance)
+        b = cond.states.shape[0] if config.text else (cond.shape[0] if cond is not None else 1)
+        x = jax.random.normal(key, (b, *shape), jnp.float32)
+    v_fn = velocity_fn(config, params, cond, guidance, control)
     return jax.lax.fori_loop(start, steps, lambda i, x: step(v_fn, x, ts[i], ts[i + 1], sampler), x)
 
 

@@ -410,7 +410,12 @@ class Stage2:
         def make():
             def body(params, labels, x, cache, idx, ctl, ctl_next):
                 def velocity(xb, tb):  # every tile carries the canvas's label
-                    lab = None if labels is None else jnp.broadcast_to(labels[:1], (xb.shape[0],))
+                    if labels is None:
+                        lab = None
+                    elif self.config.text:
+                        lab = labels.first(xb.shape[0])
+                    else:
+                        lab = jnp.broadcast_to(labels[:1], (xb.shape[0],))
                     return velocity_fn(self.config, params, lab, self.cfg.guidance)(xb, tb)
 
                 x, cache = _step_body(self.layout, self.cfg.max_batch, velocity, self.video, self.sampler, x, cache,
@@ -522,12 +527,27 @@ def to_uint8(model: DiffusionModel, latent: jax.Array) -> np.ndarray:
     return np.asarray(jnp.round((jnp.clip(img, -1.0, 1.0) + 1.0) * 127.5)).astype(np.uint8)
 
 
-def sketch(model: DiffusionModel, cfg: SuperGenConfig, key: jax.Array, label: int, frames: int = 1) -> jax.Array:
+def conditioning(model: DiffusionModel, label: int = 0, prompt: str | None = None):
+    """What the model is conditioned on for one image: a TextCond of the prompt (text-to-image models), int32[1]
+    labels (class-conditional) or None (unconditional)."""
+    mc = model.config
+    if mc.text:
+        if prompt is None:
+            raise ValueError(f"model {mc.name!r} is text-to-image: give a prompt")
+        return model.text_cond([prompt])
+    if prompt is not None:
+        raise ValueError(f"model {mc.name!r} is class-conditional: it reads --label, not a prompt "
+                         f"(text-to-image: --model t2i-cpu)")
+    return jnp.asarray([label], jnp.int32) if mc.num_classes else None
+
+
+def sketch(model: DiffusionModel, cfg: SuperGenConfig, key: jax.Array, label: int = 0, frames: int = 1,
+           prompt: str | None = None) -> jax.Array:
     """Stage 1: [F, s, s, C] latent at the native size, the full schedule, untiled."""
     mc = model.config
     s = mc.latent_size
     shape = (frames, s, s, mc.channels) if frames > 1 else (s, s, mc.channels)
-    labels = jnp.asarray([label], jnp.int32) if mc.num_classes else None
+    labels = conditioning(model, label, prompt)
     out = sample(mc, model.params, key, labels, shape=shape, steps=cfg.steps, sampler=cfg.sampler,
                  guidance=float(cfg.guidance))[0]
     return out if frames > 1 else out[None]
@@ -536,7 +556,7 @@ def sketch(model: DiffusionModel, cfg: SuperGenConfig, key: jax.Array, label: in
 def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[int, int] = 2,
              size: tuple[int, int] | None = None, label: int = 0, key: jax.Array | None = None, frames: int = 1,
              devices: int = 1, progress: bool = True, sketch_latent: jax.Array | None = None,
-             return_latent: bool = False):
+             return_latent: bool = False, prompt: str | None = None):
     """(uint8[F, H, W, 3] or [H, W, 3] image, GenerationStats); with return_latent the final latent is added.
 
     scale: per-side factor (int or (rows, cols)) of the canvas over the native size, or size: (H, W) in pixels
@@ -553,14 +573,14 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     key = jax.random.key(0) if key is None else key
     k1, k2 = jax.random.split(key)
     stats = GenerationStats()
-    guidance_mult = 2 if (cfg.guidance != 1.0 and mc.num_classes) else 1
+    guidance_mult = 2 if (cfg.guidance != 1.0 and (mc.num_classes or mc.text)) else 1
     start = time.perf_counter()
 
     if cfg.tiling == "blended" and cfg.cache_threshold > 0:
         raise ValueError("the cache needs non-overlapping tiles (tiling=shifted or none): blended tiles average their "
                          "cache maps where they overlap")
     if sketch_latent is None:
-        x1 = jax.block_until_ready(sketch(model, cfg, k1, label, frames))
+        x1 = jax.block_until_ready(sketch(model, cfg, k1, label, frames, prompt))
         stats.stage1_calls = cfg.steps * guidance_mult * (2 if cfg.sampler == "heun" else 1)
     else:
         x1 = jnp.asarray(sketch_latent)
@@ -580,7 +600,7 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
 
     runner = stage2_programs(mc, cfg, layout, frames)
     runner.reset()
-    params, labels = runner.replicate((model.params, jnp.asarray([label], jnp.int32) if mc.num_classes else None))
+    params, labels = runner.replicate((model.params, conditioning(model, label, prompt)))
     cache = init_cache(x) if cfg.cache_threshold > 0 else None
     x, cache = runner.place((x, cache))
     n, d = layout.n_tiles, layout.devices

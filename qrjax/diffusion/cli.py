@@ -39,17 +39,33 @@ def cmd_generate(args) -> int:
     import jax
     from PIL import Image
 
-    from qrjax.diffusion.config import get_supergen_config
+    from qrjax.diffusion.config import get_supergen_config, get_t2i_config
     from qrjax.diffusion.supergen import generate
 
-    model = _model(args.model)
-    overrides = console.overrides(args.set, cache_threshold=args.cache_threshold, steps=args.steps,
-                                  tiling=args.tiling)
+    direct = args.sdit or args.tide
+    if direct and args.prompt is None:
+        console.fail(prog, "--sdit and --tide are options of text-to-image generation: give --prompt")
+    if direct and (args.frames != 1 or args.devices != 1):
+        console.fail(prog, "--sdit/--tide generate one image on one device (drop --frames/--devices, or use "
+                           "SuperGen's tiled pipeline without them)")
+    model = _model(args.model or ("t2i-cpu" if args.prompt is not None else "cpu"))
+    label = None
     try:
-        config = get_supergen_config(overrides)
-        label = model.label(args.label) if model.config.num_classes else 0
-        image, stats = generate(model, config, size=_size(args.size), label=label, key=jax.random.key(args.seed),
-                                frames=args.frames, devices=args.devices, progress=not args.quiet)
+        if direct:
+            from qrjax.diffusion.t2i import generate_image
+
+            config = get_t2i_config(console.overrides(args.set, steps=args.steps, sdit=True if args.sdit else None,
+                                                      correction="tide" if args.tide else None))
+            image, stats = generate_image(model, config, args.prompt, size=_size(args.size),
+                                          key=jax.random.key(args.seed), progress=not args.quiet)
+        else:
+            config = get_supergen_config(console.overrides(args.set, cache_threshold=args.cache_threshold,
+                                                           steps=args.steps, tiling=args.tiling))
+            if args.prompt is None:
+                label = model.label(args.label) if model.config.num_classes else 0
+            image, stats = generate(model, config, size=_size(args.size), label=label or 0,
+                                    key=jax.random.key(args.seed), frames=args.frames, devices=args.devices,
+                                    progress=not args.quiet, prompt=args.prompt)
     except ValueError as err:
         console.fail(prog, str(err))
     out = Path(args.out)
@@ -62,10 +78,23 @@ def cmd_generate(args) -> int:
         paths = [out]
         Image.fromarray(image).save(out)
     summary = {"out": [str(p) for p in paths], "size": list(image.shape[-3:-1]), "frames": args.frames,
-               "label": label, "seed": args.seed, "config": json.loads(json.dumps(config.__dict__)),
-               **stats.to_dict()}
-    console.result(summary, args.json, f"{paths[0]}: {summary['size'][0]}x{summary['size'][1]} in {stats.seconds:.1f} s, "
-                   f"{stats.model_calls} model calls, {stats.tiles_skipped} tiles skipped, peak {stats.peak_bytes} B")
+               "pipeline": "direct" if direct else "supergen", "seed": args.seed,
+               "config": json.loads(json.dumps(config.__dict__)), **stats.to_dict()}
+    if args.prompt is not None:
+        from qrjax.diffusion.evaluate import clip_score
+
+        unknown = model.unknown_words(args.prompt)
+        if unknown:
+            console.log(prog, f"words the text model does not know (read as <unk>): {unknown}")
+        summary.update(prompt=args.prompt, unknown_words=unknown,
+                       clip_score=float(clip_score(model.clip, image[None], [args.prompt])[0]))
+    else:
+        summary["label"] = label
+    human = f"{paths[0]}: {summary['size'][0]}x{summary['size'][1]} in {stats.seconds:.1f} s, " \
+            f"{stats.tokens_computed} tokens computed"
+    if args.prompt is not None:
+        human += f", CLIP score {summary['clip_score']:.1f}"
+    console.result(summary, args.json, human)
     return 0
 
 
@@ -79,17 +108,25 @@ def register(systems) -> None:
     console.add_train_arguments(p, PRESETS)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="generate one image (or video) at --size with SuperGen")
+    p = sub.add_parser("generate", help="generate one image (or video) at --size: SuperGen's tiles, or with --prompt "
+                                        "and --sdit/--tide the text-to-image model on the whole canvas")
     p.add_argument("--size", required=True, help="HxW in pixels, e.g. 128x128 (4x the native 32 per side)")
     p.add_argument("--frames", type=int, default=1, help="> 1: a video of that many frames (one PNG each)")
     p.add_argument("--cache-threshold", type=float, default=None, help="region-aware cache threshold (0: off)")
     p.add_argument("--devices", type=int, default=1, help="tile parallelism over this many devices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", default="0", help="class: a training photograph's name, an index, or none")
+    p.add_argument("--prompt", default=None, help="a caption: selects the shipped text-to-image model (t2i-cpu) "
+                                                  "unless --model names another; the summary adds its clip_score")
+    p.add_argument("--sdit", action="store_true", help="SDiT region-adaptive computation (direct text-to-image)")
+    p.add_argument("--tide", action="store_true", help="TIDE text anchoring and step-aware attention temperature "
+                                                       "above the training size (direct text-to-image)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps of the schedule")
     p.add_argument("--tiling", default=None, choices=("shifted", "blended", "none"))
-    p.add_argument("--model", default="cpu", help="shipped model name or a path to <stem>.json/.msgpack")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuperGenConfig field")
+    p.add_argument("--model", default=None, help="shipped model name (cpu, t2i-cpu) or a path to "
+                                                 "<stem>.json/.msgpack; default cpu, or t2i-cpu with --prompt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a SuperGenConfig field (a TextToImageConfig field with --sdit/--tide)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--json", action="store_true", help="print the summary as one compact JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -105,6 +105,32 @@ class SuperGenConfig:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class TextToImageConfig:
+    """Direct text-to-image generation at any size (the canvas denoised whole from noise), with TIDE's attention
+    corrections above the training resolution and SDiT's region-adaptive computation."""
+
+    steps: int = 20
+    guidance: float = 4.0  # classifier-free guidance against the empty caption
+    correction: str = "none"  # none | fixed | tide | anchor | temperature (qrjax.diffusion.tide)
+    temperature_power: float = 1.0  # tide: sharpening 1 + (lambda - 1) t^power over the flow time t
+    # SDiT (qrjax.diffusion.sdit): Quickshift regions of the predicted image, complex ones computed every step.
+    sdit: bool = False
+    sdit_warmup: int = 4  # first steps computed in full (the layout forms; every token's change gets measured)
+    sdit_final: int = 1  # last steps computed in full
+    sdit_active: float = 0.3  # share of the image tokens, most complex regions first, updated every step
+    sdit_period: int = 3  # every other region is refreshed at least every this many steps
+    sdit_boundary: int = 1  # tokens of a cached region next to a computed one also computed (boundary refinement)
+    sdit_segment_every: int = 2  # steps between two Quickshift segmentations
+    quickshift_ratio: float = 0.5  # Quickshift's colour-space balance (skimage.segmentation.quickshift)
+    quickshift_kernel: float = 2.0
+    quickshift_max_dist: float = 6.0
+    sdit_buckets: int = 8  # computed-token counts are padded to a multiple of N / buckets (one program per bucket)
+
+    def replace(self, **changes) -> "TextToImageConfig":
+        return dataclasses.replace(self, **changes)
+
+
 PRESETS: dict[str, DiTConfig] = {
     # DiT-S/2-like at 256 px in a 32x32x4 latent: what a GPU run of SuperGen's stage 2 would use.
     "paper": DiTConfig(name="paper", image_size=256, ae_factor=8, latent_channels=4, dim=384, depth=12, heads=6,
@@ -127,8 +153,13 @@ def get_config(preset: str = "cpu", overrides: list[str] | tuple[str, ...] | dic
     return from_preset(PRESETS, preset, overrides, "diffusion")
 
 
+def get_t2i_config(overrides: list[str] | tuple[str, ...] | dict | None = None) -> TextToImageConfig:
+    return from_preset({"default": TextToImageConfig()}, "default", overrides, "text-to-image")
+
+
 def get_supergen_config(overrides: list[str] | tuple[str, ...] | dict | None = None) -> SuperGenConfig:
     return from_preset({"default": SuperGenConfig()}, "default", overrides, "supergen")
 
 
-__all__ = ["PRESETS", "DiTConfig", "SuperGenConfig", "get_config", "get_supergen_config"]
+__all__ = ["PRESETS", "DiTConfig", "SuperGenConfig", "TextToImageConfig", "get_config", "get_supergen_config",
+           "get_t2i_config"]

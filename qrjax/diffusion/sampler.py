@@ -75,7 +75,7 @@ def step(v_fn: Callable, x: jax.Array, t, t_next, sampler: str = "euler", v: jax
     return jnp.where(t_next > 0, x_heun, x_euler)
 
 
-@partial(jax.jit, static_argnames=("config", "steps", "sampler", "guidance", "start", "shape"))
+@partial(jax.jit, static_argnames=("config", "steps", "sampler", "guidance", "start", "shape", "control"))
 def sample(config: DiTConfig, params, key: jax.Array, cond, *, shape: tuple[int, ...], steps: int = 20,
            sampler: str = "euler", guidance: float = 1.0, start: int = 0, x: jax.Array | None = None,
            control=None) -> jax.Array:

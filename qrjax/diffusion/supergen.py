@@ -465,6 +465,8 @@ class GenerationStats:
     executed_tile_forwards: int = 0  # stage-2 tiles the programs really ran: buckets padded to a power of two on
     # every device (sized by the busiest), chunks padded to max_batch
     stage2_tiles: int = 0  # tile evaluations stage 2 would make without a cache
+    tokens_computed: int = 0  # image tokens through the model per image (stage 1 and 2; guidance's second half not
+    # counted, as in the text-to-image stats)
     tiles_skipped: int = 0
     skips_per_step: list = dataclasses.field(default_factory=list)
     peak_bytes: int = 0  # largest stage-2 program footprint XLA accounts (weights, canvas, cache maps, activations),
@@ -616,6 +618,9 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         stats.moved_state_strip_bytes_per_step = moved_strip_bytes(
             layout, [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))])
     tiles_spec = NamedSharding(runner.mesh, P(AXES)) if runner.mesh is not None else None
+    tile_tokens = frames * ((height // mc.patch) * (width // mc.patch) if layout.tiling == "none"
+                            else (layout.tile // mc.patch) ** 2)
+    stats.tokens_computed = (stats.stage1_calls // guidance_mult) * frames * (mc.latent_size // mc.patch) ** 2
 
     def control(jj: int) -> dict:
         i = steps2[min(jj, len(steps2) - 1)]
@@ -643,6 +648,7 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
         stats.stage2_tiles += n
         corrector = cfg.sampler == "heun" and ts[i + 1] > 0
         stats.model_calls += ((n - n_skip) + (n if corrector else 0)) * guidance_mult
+        stats.tokens_computed += ((n - n_skip) + (n if corrector else 0)) * tile_tokens
         chunk = cfg.max_batch
         stats.executed_tile_forwards += d * (executed_tiles(bucket, chunk) +
                                              (executed_tiles(n_local, chunk) if corrector else 0)) * guidance_mult

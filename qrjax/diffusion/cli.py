@@ -42,14 +42,18 @@ def cmd_generate(args) -> int:
     from qrjax.diffusion.config import get_supergen_config, get_t2i_config
     from qrjax.diffusion.supergen import generate
 
-    direct = args.sdit or args.tide
-    if direct and args.prompt is None:
+    direct = args.tide or (args.sdit and args.tiling is None)  # --sdit --tiling shifted: SDiT inside the tiles
+    if (args.sdit or args.tide) and args.prompt is None:
         console.fail(prog, "--sdit and --tide are options of text-to-image generation: give --prompt")
-    if direct and (args.frames != 1 or args.devices != 1):
-        console.fail(prog, "--sdit/--tide generate one image on one device (drop --frames/--devices, or use "
-                           "SuperGen's tiled pipeline without them)")
+    if args.tide and args.tiling is not None:
+        console.fail(prog, "--tide corrects attention on the whole canvas; SuperGen's --tiling runs native-size tiles "
+                           "that need no correction: drop one of them")
+    if (args.sdit or args.tide) and (args.frames != 1 or args.devices != 1):
+        console.fail(prog, "--sdit/--tide generate one image on one device (drop --frames/--devices)")
     model = _model(args.model or ("t2i-cpu" if args.prompt is not None else "cpu"))
     label = None
+    sdit_keys = [kv for kv in args.set if kv.split("=", 1)[0].strip().startswith(("sdit_", "quickshift_"))]
+    other_keys = [kv for kv in args.set if kv not in sdit_keys]
     try:
         if direct:
             from qrjax.diffusion.t2i import generate_image
@@ -59,13 +63,17 @@ def cmd_generate(args) -> int:
             image, stats = generate_image(model, config, args.prompt, size=_size(args.size),
                                           key=jax.random.key(args.seed), progress=not args.quiet)
         else:
-            config = get_supergen_config(console.overrides(args.set, cache_threshold=args.cache_threshold,
-                                                           steps=args.steps, tiling=args.tiling))
+            sdit = get_t2i_config(sdit_keys) if args.sdit else None
+            # SDiT's caches move with the grid by whole tokens: one token per step unless --set says otherwise
+            one_token = [f"shift_divisions={model.config.latent_size // model.config.patch}"] if args.sdit else []
+            config = get_supergen_config(console.overrides(one_token + (other_keys if args.sdit else args.set),
+                                                           cache_threshold=args.cache_threshold, steps=args.steps,
+                                                           tiling=args.tiling))
             if args.prompt is None:
                 label = model.label(args.label) if model.config.num_classes else 0
             image, stats = generate(model, config, size=_size(args.size), label=label or 0,
                                     key=jax.random.key(args.seed), frames=args.frames, devices=args.devices,
-                                    progress=not args.quiet, prompt=args.prompt)
+                                    progress=not args.quiet, prompt=args.prompt, sdit=sdit)
     except ValueError as err:
         console.fail(prog, str(err))
     out = Path(args.out)
@@ -118,7 +126,8 @@ def register(systems) -> None:
     p.add_argument("--label", default="0", help="class: a training photograph's name, an index, or none")
     p.add_argument("--prompt", default=None, help="a caption: selects the shipped text-to-image model (t2i-cpu) "
                                                   "unless --model names another; the summary adds its clip_score")
-    p.add_argument("--sdit", action="store_true", help="SDiT region-adaptive computation (direct text-to-image)")
+    p.add_argument("--sdit", action="store_true", help="SDiT region-adaptive computation: on the whole canvas, or "
+                                                       "inside SuperGen's tiles with --tiling")
     p.add_argument("--tide", action="store_true", help="TIDE text anchoring and step-aware attention temperature "
                                                        "above the training size (direct text-to-image)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps of the schedule")

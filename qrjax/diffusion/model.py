@@ -275,15 +275,19 @@ class MMDiTBlock(nn.Module):
         return h + gate_m[:, None] * nn.Dense(self.dim, name=f"{name}_fc2")(nn.gelu(hn, approximate=True))
 
     @nn.compact
-    def __call__(self, x, c, y, cos, sin, control=None, kv=None, idx=None):
+    def __call__(self, x, c, y, rope, control=None, kv=None, idx=None):
+        """rope: (cos, sin) of the tokens x holds, and (cos, sin) of every token (the same without idx). kv holds
+        keys before their rotation, so a token's cache stays valid when its position changes (SuperGen's tiles move
+        by whole tokens between steps)."""
+        (cos, sin), (cos_all, sin_all) = rope
         qkv_x, mods_x = self._stream("img", x, y)
         qkv_c, mods_c = self._stream("txt", c, y)
-        kx, vx = apply_rope(qkv_x[:, :, 1], cos, sin), qkv_x[:, :, 2]
+        kx, vx = qkv_x[:, :, 1], qkv_x[:, :, 2]
         if kv is not None:  # write this step's keys and values of the computed tokens over the cached ones
             kx = kv[0].at[:, idx].set(kx, mode="drop")
             vx = kv[1].at[:, idx].set(vx, mode="drop")
         q = jnp.concatenate([qkv_c[:, :, 0], apply_rope(qkv_x[:, :, 0], cos, sin)], 1)
-        k = jnp.concatenate([qkv_c[:, :, 1], kx], 1)
+        k = jnp.concatenate([qkv_c[:, :, 1], apply_rope(kx, cos_all, sin_all)], 1)
         v = jnp.concatenate([qkv_c[:, :, 2], vx], 1)
         t = c.shape[1]
         a = joint_attention(q, k, v, t, control, self.attention).reshape(q.shape[0], q.shape[1], self.dim)
@@ -298,8 +302,9 @@ class MMDiT(nn.Module):
       f32[B, text_embed] CLIP's unit-norm feature (added to the timestep conditioning, as SD3 adds its pooled CLIP);
     - control: AttentionControl (TIDE) or None;
     - SDiT's partial computation: `idx` int32[M] (the image tokens to compute, row-major; entries >= N are padding)
-      with `kv` (per block, the image keys and values [B, N, H, D] of every token); returns (tokens f32[B, M,
-      p*p*C] of the computed tokens, the updated kv). `return_kv=True` on a full call returns (v, kv).
+      with `kv` (per block, the image keys before RoPE and the values, [B, N, H, D] each, of every token); returns
+      (tokens f32[B, M, p*p*C] of the computed tokens, the updated kv). `return_kv=True` on a full call returns
+      (v, kv).
     Image tokens carry 2-D axial RoPE; text tokens carry no position, so the same weights read any image size."""
 
     config: DiTConfig
@@ -320,7 +325,8 @@ class MMDiT(nn.Module):
         gh, gw = hh // p, ww // p
         n = gh * gw
         tokens = patchify(x, p)
-        cos, sin = (jnp.asarray(a) for a in rope_tables((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta))
+        cos_all, sin_all = (jnp.asarray(a) for a in rope_tables((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta))
+        cos, sin = cos_all, sin_all
         if idx is not None:
             safe = jnp.minimum(idx, n - 1)
             tokens, cos, sin = tokens[:, safe], cos[safe], sin[safe]
@@ -332,7 +338,7 @@ class MMDiT(nn.Module):
         new_kv = []
         for i in range(cfg.depth):
             h, ctx, kv_i = MMDiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.attention, name=f"block{i}")(
-                h, ctx, y, cos, sin, control, None if kv is None else kv[i], idx)
+                h, ctx, y, ((cos, sin), (cos_all, sin_all)), control, None if kv is None else kv[i], idx)
             new_kv.append(kv_i)
         shift, scale = jnp.split(nn.Dense(2 * cfg.dim, kernel_init=nn.initializers.zeros, name="final_adaLN")(
             nn.silu(y)), 2, -1)

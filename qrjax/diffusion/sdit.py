@@ -11,17 +11,31 @@ velocity, and their keys and values (cached per block) stay visible to the compu
    step; every other region is computed when it has waited `sdit_period` steps (calm regions update less often);
 4. boundary-aware refinement: tokens of cached regions within `sdit_boundary` tokens of a computed region are
    computed too, so that no seam separates fresh from cached content.
-The first `sdit_warmup` and the last `sdit_final` steps compute every token. This module holds the host-side
-planning (numpy); qrjax.diffusion.t2i runs the programs.
+The first `sdit_warmup` and the last `sdit_final` steps compute every token.
+
+`denoise` runs it on a canvas cut into tiles: one tile covering the canvas (SDiT alone, qrjax.diffusion.t2i), or
+SuperGen's native-size tiles whose grid moves every step (qrjax.diffusion.supergen). The canvas, the velocity and
+the per-token caches are kept in SuperGen's grid frame, so moving the grid is a roll of every map; keys are cached
+before their rotary embedding, so a token's cache stays valid when its tile and its position in the tile change.
+The grid must move by whole tokens (a multiple of the patch). Each step is one compiled program per bucket of
+computed tokens per tile (vmapped over the tiles) plus the host's planning, whose time is counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import quickshift
+from tqdm.auto import tqdm
 
-from qrjax.diffusion.config import TextToImageConfig
+from qrjax.diffusion.config import DiTConfig, TextToImageConfig
+from qrjax.diffusion.model import MMDiT, TextCond, patchify, unpatchify
 
 
 def segment(x0: np.ndarray, patch: int, cfg: TextToImageConfig) -> np.ndarray:
@@ -73,4 +87,188 @@ def bucket(count: int, n: int, buckets: int) -> int:
     return min(n, max(unit, -(-count // unit) * unit))
 
 
-__all__ = ["bucket", "plan", "region_means", "segment"]
+# ---------------------------------------------------------------------------------------------------------------
+# The denoising loop
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SDiTCounters:
+    tokens_computed: int = 0  # image tokens through the model, summed over steps (per image)
+    tokens_executed: int = 0  # the same with the buckets' padding
+    full_tokens: int = 0  # what computing every token at every step costs
+    plan_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    tokens_per_step: list = dataclasses.field(default_factory=list)
+    regions_per_step: list = dataclasses.field(default_factory=list)
+
+
+def halves(cond: TextCond, guidance: float) -> tuple[jax.Array, jax.Array]:
+    """(states, pooled) of the model's batch: the prompt, then the empty caption when guided."""
+    if guidance == 1.0:
+        return cond.states, cond.pooled
+    return (jnp.concatenate([cond.states, jnp.broadcast_to(cond.null_states, cond.states.shape)]),
+            jnp.concatenate([cond.pooled, jnp.broadcast_to(cond.null_pooled, cond.pooled.shape)]))
+
+
+def _guide(out: jax.Array, guidance: float) -> jax.Array:
+    if guidance == 1.0:
+        return out
+    b = out.shape[0] // 2
+    return out[b:] + guidance * (out[:b] - out[b:])
+
+
+def to_tiles(a: jax.Array, th: int, tw: int) -> jax.Array:
+    """[B, H, W, ...] -> [n, B, th, tw, ...], tiles row-major."""
+    b, hh, ww = a.shape[:3]
+    rest = a.shape[3:]
+    a = a.reshape(b, hh // th, th, ww // tw, tw, *rest)
+    a = jnp.moveaxis(a, (1, 3), (0, 1))
+    return a.reshape(-1, b, th, tw, *rest)
+
+
+def from_tiles(t: jax.Array, hh: int, ww: int) -> jax.Array:
+    """Inverse of `to_tiles`."""
+    _, b, th, tw = t.shape[:4]
+    rest = t.shape[4:]
+    t = t.reshape(hh // th, ww // tw, b, th, tw, *rest)
+    t = jnp.moveaxis(t, (0, 1), (1, 3))
+    return t.reshape(b, hh, ww, *rest)
+
+
+def _step(config: DiTConfig, guidance: float, control, tile: tuple[int, int], shift: tuple[int, int], params,
+          cond, x, v, kv, idx, t, t_next):
+    """One step on every tile: the tokens idx int32[n, M] of each tile computed (entries >= tokens per tile are
+    padding), the others keep their cached velocity; Euler on the canvas; the grid move. x, v: f32[1, H, W, C];
+    kv: per block (keys, values) f32[Bc, H/p, W/p, heads, head_dim]. Returns (x, v, kv, per-token change)."""
+    p = config.patch
+    th, tw = tile
+    hh, ww = x.shape[1:3]
+    states, pooled = halves(cond, guidance)
+    reps = states.shape[0]
+    ctl = None if control is None else control(t)
+    tt = jnp.full((reps,), t, jnp.float32)
+    n_tok = (th // p) * (tw // p)
+    kv_t = jax.tree.map(lambda a: to_tiles(a, th // p, tw // p).reshape(-1, reps, n_tok, *a.shape[3:]), kv)
+
+    def one(x1, kv1, i1):
+        out, kv1 = MMDiT(config).apply({"params": params}, jnp.concatenate([x1] * reps), tt, states, pooled, ctl,
+                                       kv=kv1, idx=i1)
+        return _guide(out, guidance), kv1
+
+    out, kv_t = jax.vmap(one)(to_tiles(x, th, tw), kv_t, idx)  # out: [n, 1, M, p*p*C]
+    v_t = jax.vmap(lambda a: patchify(a, p))(to_tiles(v, th, tw))  # [n, 1, n_tok, p*p*C]
+    old = jax.vmap(lambda a, i: a[:, jnp.minimum(i, n_tok - 1)])(v_t, idx)
+    change = jax.vmap(lambda i, d: jnp.zeros((n_tok,), jnp.float32).at[i].set(d, mode="drop"))(
+        idx, jnp.mean(jnp.abs(out - old), axis=(1, 3)))
+    v_t = jax.vmap(lambda a, i, o: a.at[:, i].set(o, mode="drop"))(v_t, idx, out)
+    v = from_tiles(jax.vmap(lambda a: unpatchify(a, p, (th, tw, x.shape[3])))(v_t), hh, ww)
+    kv = jax.tree.map(lambda a: from_tiles(a.reshape(a.shape[0], reps, th // p, tw // p, *a.shape[3:]),
+                                           hh // p, ww // p), kv_t)
+    change = from_tiles(change.reshape(-1, 1, th // p, tw // p), hh // p, ww // p)[0]
+    x = x + (t_next - t) * v
+    if shift != (0, 0):  # the grid moves: content up/left in the grid frame, caches with it
+        x, v = (jnp.roll(a, (-shift[0], -shift[1]), (1, 2)) for a in (x, v))
+        kv = jax.tree.map(lambda a: jnp.roll(a, (-shift[0] // p, -shift[1] // p), (1, 2)), kv)
+        change = jnp.roll(change, (-shift[0] // p, -shift[1] // p), (0, 1))
+    return x, v, kv, change
+
+
+class _Programs:
+    def __init__(self):
+        self.compiled: dict = {}
+
+    def get(self, m: int, fn, args, counters: SDiTCounters):
+        if m not in self.compiled:
+            start = time.perf_counter()
+            self.compiled[m] = jax.jit(fn, donate_argnums=(3, 4)).lower(*args).compile()
+            counters.compile_seconds += time.perf_counter() - start
+        return self.compiled[m]
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(config, canvas, tile, shift, guidance, control) -> _Programs:
+    del config, canvas, tile, shift, guidance, control  # the cache key
+    return _Programs()
+
+
+def denoise(config: DiTConfig, params, cfg: TextToImageConfig, cond: TextCond, x: jax.Array, times: np.ndarray, *,
+            tile: tuple[int, int] | None = None, shift: tuple[int, int] = (0, 0), guidance: float = 1.0,
+            control=None, progress: bool = True) -> tuple[jax.Array, SDiTCounters]:
+    """Euler from times[0] to times[-1] on x f32[1, H, W, C] with SDiT (cfg's sdit_* and quickshift_* fields).
+
+    tile: (th, tw) latent pixels per tile (None: the whole canvas); shift: the grid move per step, in latent pixels,
+    multiples of the patch (SuperGen's shifted tiles). Returns (x in the grid frame after len(times) - 1 moves,
+    counters); with shift (0, 0) the grid frame is the canvas."""
+    p = config.patch
+    hh, ww, c = x.shape[1:]
+    th, tw = (hh, ww) if tile is None else tile
+    if hh % th or ww % tw or th % p or tw % p:
+        raise ValueError(f"SDiT: a {hh}x{ww} canvas in {th}x{tw} tiles of {p}-pixel patches does not divide")
+    if shift[0] % p or shift[1] % p:
+        raise ValueError(f"SDiT inside tiles needs the grid to move by whole tokens: shift {shift} is not a multiple "
+                         f"of the patch {p} (SuperGen: shift_divisions = tile / (k * patch))")
+    for name in ("sdit_period", "sdit_segment_every", "sdit_buckets"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.sdit_warmup < 0 or cfg.sdit_final < 0 or not 0.0 <= cfg.sdit_active <= 1.0:
+        raise ValueError(f"sdit_warmup={cfg.sdit_warmup}, sdit_final={cfg.sdit_final} must be >= 0 and "
+                         f"sdit_active={cfg.sdit_active} in [0, 1]")
+    gh, gw = hh // p, ww // p
+    rows, cols = hh // th, ww // tw
+    ty, tx = th // p, tw // p
+    n_tok = ty * tx
+    steps = len(times) - 1
+    reps = 1 if guidance == 1.0 else 2
+    heads, hd = config.heads, config.dim // config.heads
+    kv = tuple((jnp.zeros((reps, gh, gw, heads, hd)), jnp.zeros((reps, gh, gw, heads, hd)))
+               for _ in range(config.depth))
+    v = jnp.zeros_like(x)
+    fn = functools.partial(_step, config, float(guidance), control, (th, tw), tuple(shift))
+    progs = _programs(config, (hh, ww, c), (th, tw), tuple(shift), float(guidance), control)
+    counters = SDiTCounters(full_tokens=steps * gh * gw)
+    warm = max(1, cfg.sdit_warmup)
+    rate, last = np.zeros((gh, gw)), np.zeros((gh, gw))
+    labels = None
+    sy, sx = shift[0] // p, shift[1] // p
+    for j in tqdm(range(steps), desc=f"sdit {hh}x{ww} ({rows * cols} tiles)", disable=not progress or None,
+                  dynamic_ncols=True, leave=False):
+        t, t_next = np.float32(times[j]), np.float32(times[j + 1])
+        if j < warm or j >= steps - cfg.sdit_final:
+            mask = np.ones((gh, gw), bool)
+            count = executed = gh * gw
+            idx = np.broadcast_to(np.arange(n_tok, dtype=np.int32), (rows * cols, n_tok))
+        else:
+            t0 = time.perf_counter()
+            if labels is None or (j - warm) % cfg.sdit_segment_every == 0:
+                x0 = np.asarray(x[0] - t * v[0])
+                labels = segment(x0, p, cfg)
+            mask = plan(labels, rate, last, j, cfg)
+            counters.regions_per_step.append(int(labels.max()) + 1)
+            per_tile = mask.reshape(rows, ty, cols, tx).transpose(0, 2, 1, 3).reshape(rows * cols, n_tok)
+            count = int(mask.sum())
+            m = bucket(int(per_tile.sum(1).max()), n_tok, cfg.sdit_buckets)
+            executed = m * rows * cols
+            idx = np.full((rows * cols, m), n_tok, np.int32)
+            for r, row in enumerate(per_tile):
+                chosen = np.flatnonzero(row)
+                idx[r, :len(chosen)] = chosen
+            counters.plan_seconds += time.perf_counter() - t0
+        args = (params, cond, x, v, kv, np.ascontiguousarray(idx), t, t_next)
+        x, v, kv, change = progs.get(idx.shape[1], fn, args, counters)(*args)
+        change = np.asarray(change)
+        mask = np.roll(mask, (-sy, -sx), (0, 1))  # host maps follow the grid move the program made
+        rate = np.roll(rate, (-sy, -sx), (0, 1))
+        last = np.roll(last, (-sy, -sx), (0, 1))
+        if labels is not None:
+            labels = np.roll(labels, (-sy, -sx), (0, 1))
+        if j > 0:
+            rate = np.where(mask, change / np.maximum(j - last, 1), rate)
+        last = np.where(mask, j, last)
+        counters.tokens_computed += count
+        counters.tokens_executed += executed
+        counters.tokens_per_step.append(count)
+    return jax.block_until_ready(x), counters
+
+
+__all__ = ["SDiTCounters", "bucket", "denoise", "from_tiles", "halves", "plan", "region_means", "segment",
+           "to_tiles"]

@@ -52,9 +52,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from qrjax import bench, tiling
-from qrjax.diffusion.config import DiTConfig, SuperGenConfig
+from qrjax.diffusion.config import DiTConfig, SuperGenConfig, TextToImageConfig
 from qrjax.diffusion.model import DiffusionModel
 from qrjax.diffusion.sampler import renoise, sample, schedule, velocity_fn
+from qrjax.diffusion.sdit import denoise as sdit_denoise
 from qrjax.parallel import make_mesh
 
 TILINGS = ("shifted", "blended", "none")
@@ -480,6 +481,7 @@ class GenerationStats:
     latent_bytes_exchanged_per_step: int = 0  # the canvas alone
     moved_strip_bytes_per_step: int = 0  # strips of the canvas the shift moves across tile borders
     moved_state_strip_bytes_per_step: int = 0  # the same for the canvas and the cache maps together
+    sdit_tokens_per_step: list = dataclasses.field(default_factory=list)  # stage 2 with SDiT inside the tiles
     canvas: tuple = ()
 
     @property
@@ -555,15 +557,46 @@ def sketch(model: DiffusionModel, cfg: SuperGenConfig, key: jax.Array, label: in
     return out if frames > 1 else out[None]
 
 
+def _stage2_sdit(model: DiffusionModel, cfg: SuperGenConfig, scfg: TextToImageConfig, layout: Layout, x, prompt,
+                 ts, steps2, stats: GenerationStats, guidance_mult: int, progress: bool):
+    """Stage 2 with SDiT inside the tiles (qrjax.diffusion.sdit.denoise on SuperGen's grid); x in the grid frame."""
+    mc = model.config
+    problems = [msg for bad, msg in (
+        (not mc.text, "a text-to-image model (the MMDiT's cached keys and values)"),
+        (cfg.cache_threshold > 0, "cache_threshold=0 (SDiT replaces the tile cache)"),
+        (layout.devices != 1, "one device"), (x.shape[0] != 1, "one frame"), (cfg.sampler != "euler", "sampler=euler"),
+        (layout.tiling == "blended", "tiling=shifted or none"),
+        (layout.shift[0] % mc.patch, f"a grid that moves by whole {mc.patch}-pixel patches: shift_divisions="
+                                     f"{layout.tile // mc.patch} moves it by one token per step")) if bad]
+    if problems:
+        raise ValueError("SDiT inside SuperGen's tiles needs " + "; ".join(problems))
+    tile = None if layout.tiling == "none" else (layout.tile, layout.tile)
+    t2 = time.perf_counter()
+    x, counters = sdit_denoise(mc, model.params, scfg, conditioning(model, prompt=prompt), x,
+                               ts[cfg.restart_step:], tile=tile, shift=layout.shift, guidance=float(cfg.guidance),
+                               progress=progress)
+    n = layout.n_tiles
+    stats.compile_seconds = counters.compile_seconds
+    stats.stage2_seconds = time.perf_counter() - t2 - counters.compile_seconds
+    stats.stage2_tiles = n * len(steps2)
+    stats.model_calls += stats.stage1_calls + n * len(steps2) * guidance_mult
+    stats.executed_tile_forwards = n * len(steps2) * guidance_mult
+    stats.tokens_computed += counters.tokens_computed
+    stats.sdit_tokens_per_step = counters.tokens_per_step
+    return x
+
+
 def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[int, int] = 2,
              size: tuple[int, int] | None = None, label: int = 0, key: jax.Array | None = None, frames: int = 1,
              devices: int = 1, progress: bool = True, sketch_latent: jax.Array | None = None,
-             return_latent: bool = False, prompt: str | None = None):
+             return_latent: bool = False, prompt: str | None = None, sdit: TextToImageConfig | None = None):
     """(uint8[F, H, W, 3] or [H, W, 3] image, GenerationStats); with return_latent the final latent is added.
 
     scale: per-side factor (int or (rows, cols)) of the canvas over the native size, or size: (H, W) in pixels
     (tiling=shifted needs whole tiles; blended takes any size); frames > 1 generates video latents (tiled in space,
-    whole in time); sketch_latent: a stage-1 result to reuse (the paper pre-saves them)."""
+    whole in time); sketch_latent: a stage-1 result to reuse (the paper pre-saves them); prompt: the caption of a
+    text-to-image model; sdit: run stage 2 with SDiT inside the tiles (its sdit_* and quickshift_* fields; text
+    models, one device, no tile cache, a grid that moves by whole tokens, Euler)."""
     mc = model.config
     if frames < 1:
         raise ValueError(f"frames={frames}: must be >= 1")
@@ -600,70 +633,73 @@ def generate(model: DiffusionModel, cfg: SuperGenConfig, *, scale: int | tuple[i
     stats.canvas = tuple(x.shape)
     stats.devices, stats.mesh_shape, stats.tiles = layout.devices, layout.mesh_shape, layout.n_tiles
 
-    runner = stage2_programs(mc, cfg, layout, frames)
-    runner.reset()
-    params, labels = runner.replicate((model.params, conditioning(model, label, prompt)))
-    cache = init_cache(x) if cfg.cache_threshold > 0 else None
-    x, cache = runner.place((x, cache))
-    n, d = layout.n_tiles, layout.devices
-    n_local = n // d
-    steps2 = list(range(cfg.restart_step, cfg.steps))
-    warm = max(cfg.warmup_steps, 2)  # k needs two computed steps before any tile may skip
-    if layout.tiling == "shifted" and d > 1:
-        maps = [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))]
-        stats.bytes_exchanged_per_step = exchanged_bytes(layout, maps)
-        stats.latent_bytes_exchanged_per_step = exchanged_bytes(layout, [(x.shape, x.dtype)])
-    if layout.tiling == "shifted":
-        stats.moved_strip_bytes_per_step = moved_strip_bytes(layout, [(x.shape, x.dtype)])
-        stats.moved_state_strip_bytes_per_step = moved_strip_bytes(
-            layout, [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))])
-    tiles_spec = NamedSharding(runner.mesh, P(AXES)) if runner.mesh is not None else None
-    tile_tokens = frames * ((height // mc.patch) * (width // mc.patch) if layout.tiling == "none"
-                            else (layout.tile // mc.patch) ** 2)
     stats.tokens_computed = (stats.stage1_calls // guidance_mult) * frames * (mc.latent_size // mc.patch) ** 2
+    steps2 = list(range(cfg.restart_step, cfg.steps))
+    if sdit is not None:
+        x = _stage2_sdit(model, cfg, sdit, layout, x, prompt, ts, steps2, stats, guidance_mult, progress)
+    else:
+        runner = stage2_programs(mc, cfg, layout, frames)
+        runner.reset()
+        params, labels = runner.replicate((model.params, conditioning(model, label, prompt)))
+        cache = init_cache(x) if cfg.cache_threshold > 0 else None
+        x, cache = runner.place((x, cache))
+        n, d = layout.n_tiles, layout.devices
+        n_local = n // d
+        warm = max(cfg.warmup_steps, 2)  # k needs two computed steps before any tile may skip
+        if layout.tiling == "shifted" and d > 1:
+            maps = [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))]
+            stats.bytes_exchanged_per_step = exchanged_bytes(layout, maps)
+            stats.latent_bytes_exchanged_per_step = exchanged_bytes(layout, [(x.shape, x.dtype)])
+        if layout.tiling == "shifted":
+            stats.moved_strip_bytes_per_step = moved_strip_bytes(layout, [(x.shape, x.dtype)])
+            stats.moved_state_strip_bytes_per_step = moved_strip_bytes(
+                layout, [(a.shape, a.dtype) for a in jax.tree.leaves((x, cache))])
+        tiles_spec = NamedSharding(runner.mesh, P(AXES)) if runner.mesh is not None else None
+        tile_tokens = frames * ((height // mc.patch) * (width // mc.patch) if layout.tiling == "none"
+                                else (layout.tile // mc.patch) ** 2)
 
-    def control(jj: int) -> dict:
-        i = steps2[min(jj, len(steps2) - 1)]
-        return {"t": np.float32(ts[i]), "t_next": np.float32(ts[i + 1]), "j": np.int32(jj),
-                "force": np.bool_(jj < warm or jj >= len(steps2) - 1),
-                "refresh": np.bool_(jj % max(1, cfg.region_interval) == 0),
-                "threshold": np.float32(cfg.cache_threshold), "alpha": np.float32(cfg.region_alpha)}
+        def control(jj: int) -> dict:
+            i = steps2[min(jj, len(steps2) - 1)]
+            return {"t": np.float32(ts[i]), "t_next": np.float32(ts[i + 1]), "j": np.int32(jj),
+                    "force": np.bool_(jj < warm or jj >= len(steps2) - 1),
+                    "refresh": np.bool_(jj % max(1, cfg.region_interval) == 0),
+                    "threshold": np.float32(cfg.cache_threshold), "alpha": np.float32(cfg.region_alpha)}
 
-    skip = np.zeros((d, n_local), bool)  # the first steps are always computed
-    t2 = time.perf_counter()
-    for jj, i in enumerate(tqdm(steps2, desc=f"supergen {height}x{width} ({n} tiles)", disable=not progress or None,
-                                dynamic_ncols=True, leave=False)):
-        active = [np.flatnonzero(~row) for row in skip]
-        bucket = _bucket(max(len(a) for a in active), n_local)
-        idx = np.full((d, bucket), n_local, np.int32)  # out-of-range entries are padding
-        for r, a in enumerate(active):
-            idx[r, :len(a)] = a
-        idx = idx.reshape(-1) if tiles_spec is None else jax.device_put(idx.reshape(-1), tiles_spec)
-        n_skip = int(skip.sum())
-        # step jj, the grid move, and step jj + 1's skip flags (the one host sync per step picks its bucket)
-        x, cache, next_skip = runner.step(params, labels, x, cache, idx, control(jj), control(jj + 1))
-        skip = np.asarray(jax.device_get(next_skip)).reshape(d, n_local)
-        stats.skips_per_step.append(n_skip)
-        stats.tiles_skipped += n_skip
-        stats.stage2_tiles += n
-        corrector = cfg.sampler == "heun" and ts[i + 1] > 0
-        stats.model_calls += ((n - n_skip) + (n if corrector else 0)) * guidance_mult
-        stats.tokens_computed += ((n - n_skip) + (n if corrector else 0)) * tile_tokens
-        chunk = cfg.max_batch
-        stats.executed_tile_forwards += d * (executed_tiles(bucket, chunk) +
-                                             (executed_tiles(n_local, chunk) if corrector else 0)) * guidance_mult
-    x = jax.block_until_ready(x)
-    stats.compile_seconds = runner.compile_seconds
-    stats.stage2_seconds = time.perf_counter() - t2 - runner.compile_seconds
-    stats.model_calls += stats.stage1_calls
+        skip = np.zeros((d, n_local), bool)  # the first steps are always computed
+        t2 = time.perf_counter()
+        for jj, i in enumerate(tqdm(steps2, desc=f"supergen {height}x{width} ({n} tiles)", disable=not progress or None,
+                                    dynamic_ncols=True, leave=False)):
+            active = [np.flatnonzero(~row) for row in skip]
+            bucket = _bucket(max(len(a) for a in active), n_local)
+            idx = np.full((d, bucket), n_local, np.int32)  # out-of-range entries are padding
+            for r, a in enumerate(active):
+                idx[r, :len(a)] = a
+            idx = idx.reshape(-1) if tiles_spec is None else jax.device_put(idx.reshape(-1), tiles_spec)
+            n_skip = int(skip.sum())
+            # step jj, the grid move, and step jj + 1's skip flags (the one host sync per step picks its bucket)
+            x, cache, next_skip = runner.step(params, labels, x, cache, idx, control(jj), control(jj + 1))
+            skip = np.asarray(jax.device_get(next_skip)).reshape(d, n_local)
+            stats.skips_per_step.append(n_skip)
+            stats.tiles_skipped += n_skip
+            stats.stage2_tiles += n
+            corrector = cfg.sampler == "heun" and ts[i + 1] > 0
+            stats.model_calls += ((n - n_skip) + (n if corrector else 0)) * guidance_mult
+            stats.tokens_computed += ((n - n_skip) + (n if corrector else 0)) * tile_tokens
+            chunk = cfg.max_batch
+            stats.executed_tile_forwards += d * (executed_tiles(bucket, chunk) +
+                                                 (executed_tiles(n_local, chunk) if corrector else 0)) * guidance_mult
+        x = jax.block_until_ready(x)
+        stats.compile_seconds = runner.compile_seconds
+        stats.stage2_seconds = time.perf_counter() - t2 - runner.compile_seconds
+        stats.model_calls += stats.stage1_calls
+        stats.program_bytes = {k: runner.compiled_bytes[k] for k in sorted(runner.used)}
+        stats.peak_bytes = max(stats.program_bytes.values(), default=0)
+        stats.peak_temp_bytes = max((runner.compiled_temp_bytes[k] for k in runner.used), default=0)
     x = jax.device_get(x)
     if layout.tiling == "shifted":  # back from the grid frame to the canvas (the grid moved after every step)
         moves = len(steps2)
         x = np.roll(x, (moves * layout.shift[0] % height, moves * layout.shift[1] % width), axis=(1, 2))
-    stats.seconds = time.perf_counter() - start - runner.compile_seconds
-    stats.program_bytes = {k: runner.compiled_bytes[k] for k in sorted(runner.used)}
-    stats.peak_bytes = max(stats.program_bytes.values(), default=0)
-    stats.peak_temp_bytes = max((runner.compiled_temp_bytes[k] for k in runner.used), default=0)
+    stats.seconds = time.perf_counter() - start - stats.compile_seconds
     latent = jnp.asarray(x)
     image = to_uint8(model, latent)
     image = image if frames > 1 else image[0]

@@ -66,6 +66,52 @@ def test_bad_arguments_are_named(tiny_model, tmp_path, argv, match):
         main(base + argv)
 
 
+@pytest.fixture(scope="module")
+def t2i_model(tmp_path_factory):
+    """The t2i-tiny architecture with perturbed weights on the shipped CLIP (its config names text_model 'cpu')."""
+    from qrjax.clip.data import SyntheticScenes
+    from qrjax.diffusion.autoencoder import fit_pca
+
+    config = get_config("t2i-tiny")
+    params = init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(np.float32), params)
+    ae = fit_pca(SyntheticScenes(32, config.image_size).images(np.arange(32)), config.ae_factor, config.channels)
+    path = tmp_path_factory.mktemp("t2i") / "t2i"
+    save_model(DiffusionModel(config, params, ae, ()), path)
+    return path
+
+
+@pytest.mark.parametrize("flags,pipeline", [([], "supergen"), (["--sdit", "--tide"], "direct"),
+                                            (["--sdit", "--tiling", "shifted", "--set", "sdit_active=0.1"], "supergen")])
+def test_generate_from_a_prompt(t2i_model, tmp_path, capsys, flags, pipeline):
+    out = tmp_path / "p.png"
+    rc = main(["diffusion", "generate", "--prompt", "a photo of two red circles on the zeppelin.", "--size", "32x32",
+               "--model", str(t2i_model), "--steps", "4", "--out", str(out), "--json", "--quiet", *flags])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    with Image.open(out) as img:
+        assert rc == 0 and summary["pipeline"] == pipeline and img.size == (32, 32)
+    assert summary["prompt"].startswith("a photo") and summary["unknown_words"] == ["zeppelin"]
+    assert "zeppelin" in captured.err and 0.0 <= summary["clip_score"] <= 100.0
+    assert summary["tokens_computed"] > 0
+    if pipeline == "direct":
+        assert summary["sdit"] and summary["correction"] == "tide" and summary["full_tokens"] == 4 * 64
+    elif "--sdit" in flags:  # inside the tiles; the grid moves one token (2 latent pixels) per step
+        assert summary["config"]["shift_divisions"] == 4 and len(summary["sdit_tokens_per_step"]) == 2
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--sdit"], "--sdit and --tide are options of text-to-image generation: give --prompt"),
+    (["--prompt", "a red circle."], "class-conditional"),
+    (["--prompt", "a red circle.", "--tide", "--tiling", "shifted"], "drop one of them"),
+])
+def test_prompt_flags_are_checked(tiny_model, tmp_path, argv, match):
+    with pytest.raises(SystemExit, match=match):
+        main(["diffusion", "generate", "--size", "16x16", "--model", str(tiny_model), "--out",
+              str(tmp_path / "o.png"), "--quiet", *argv])
+
+
 def test_missing_model_is_named(tmp_path):
     with pytest.raises(SystemExit, match="missing"):
         main(["diffusion", "generate", "--size", "16x16", "--model", str(tmp_path / "none"), "--out",

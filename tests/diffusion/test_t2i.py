@@ -182,3 +182,22 @@ def test_clip_reads_the_attributes_of_real_scenes_at_any_size(clip):
         scores = clip_score(clip, images, prompts)
         wrong = clip_score(clip, images, prompts[1:] + prompts[:1])
         assert np.mean(scores) > np.mean(wrong) + 5
+
+
+def test_sdit_inside_supergens_tiles(model):
+    """Stage 2 with SDiT inside the shifted tiles: computing every token equals SuperGen's own tiled stage 2 (the
+    caches move with the grid), and a partial schedule computes fewer tokens."""
+    base = SuperGenConfig(steps=6, restart_step=2, guidance=3.0, shift_divisions=4)  # moves one token a step
+    prompt = "two green circles on the right."
+    key = jax.random.key(4)
+    ref, st_ref, lat_ref = generate(model, base, scale=2, prompt=prompt, key=key, progress=False, return_latent=True)
+    every = TextToImageConfig(sdit_warmup=1, sdit_active=1.0)
+    _, st_all, lat_all = generate(model, base, scale=2, prompt=prompt, key=key, progress=False, return_latent=True,
+                                  sdit=every)
+    np.testing.assert_allclose(lat_all, lat_ref, atol=1e-4)
+    assert st_all.tokens_computed == st_ref.tokens_computed == 6 * 16 + 4 * 64
+    few = every.replace(sdit_warmup=1, sdit_active=0.1, sdit_period=3, sdit_boundary=0, sdit_final=0)
+    _, st = generate(model, base, scale=2, prompt=prompt, key=key, progress=False, sdit=few)
+    assert st.tokens_computed < st_ref.tokens_computed and len(st.sdit_tokens_per_step) == 4
+    with pytest.raises(ValueError, match="shift_divisions=4 moves it by one token"):
+        generate(model, base.replace(shift_divisions=16), scale=2, prompt=prompt, progress=False, sdit=every)

@@ -172,5 +172,32 @@ def test_shipped_cpu_model_loads_and_was_trained():
     # adaLN-zero layers start at exactly zero; training moved them
     assert float(np.abs(np.asarray(model.params["block0"]["adaLN"]["kernel"])).max()) > 0
     assert float(np.abs(np.asarray(fresh["block0"]["adaLN"]["kernel"])).max()) == 0
-    with pytest.raises(ValueError, match="no shipped qrjax.diffusion model 'huge'; shipped: cpu"):
+    with pytest.raises(ValueError, match="no shipped qrjax.diffusion model 'huge'; shipped: cpu, t2i-cpu"):
         load_pretrained("huge")
+
+
+def test_text_to_image_training_end_to_end(tmp_path):
+    """t2i-tiny: captions of the synthetic scenes through the shipped CLIP's text tower; the exported model loads
+    with its CLIP, and (weights perturbed: two steps leave the zero-initialised layers near zero) the caption
+    changes the prediction."""
+    config = get_config("t2i-tiny", {"steps": 2, "eval_samples": 4})
+    model = _train(config, tmp_path)
+    loaded = load_model(tmp_path / "model")
+    assert loaded.clip is not None and loaded.config == config and loaded.class_names == ()
+    _leaves_equal(loaded.params, model.params)
+    x = jax.random.normal(jax.random.key(0), (1, config.latent_size, config.latent_size, config.channels))
+    a, b = (loaded.text_cond([p]) for p in ("a red circle on the left.", "three blue crosses at the top."))
+    from qrjax.diffusion.model import apply_model
+
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(np.float32), loaded.params)
+    va, vb = (apply_model(config, params, x, jnp.array([0.5]), c) for c in (a, b))
+    assert float(jnp.abs(va - vb).max()) > 0
+    with pytest.raises(ValueError, match="data=scenes trains a text-to-image model"):
+        _train(get_config("tiny", {"data": "scenes"}), tmp_path / "other")
+
+
+def test_shipped_text_to_image_model_loads_and_was_trained():
+    model = load_pretrained("t2i-cpu")
+    assert model.config == get_config("t2i-cpu") and model.clip is not None
+    assert float(np.abs(np.asarray(model.params["block0"]["img_adaLN"]["kernel"])).max()) > 0

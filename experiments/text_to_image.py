@@ -64,16 +64,19 @@ def sdit_part(model, args, prompts, payload) -> list:
     base = TextToImageConfig(steps=args.steps, guidance=args.guidance)
     sdit_overrides = dict(sdit=True, **dict(kv.split("=", 1) for kv in args.sdit_set))
     sdit_cfg = TextToImageConfig(**{**base.__dict__, **{k: _parse(v) for k, v in sdit_overrides.items()}})
-    sg_base = SuperGenConfig(steps=args.steps, guidance=args.guidance, restart_step=args.restart)
+    # the grid moves one token per step in every SuperGen variant: what SDiT inside the tiles needs
+    sg_base = SuperGenConfig(steps=args.steps, guidance=args.guidance, restart_step=args.restart,
+                             shift_divisions=model.config.latent_size // model.config.patch)
     rows, examples = [], {}
     for scale in args.sdit_scales:
         correction = "tide" if scale > 1 else "none"
         full_cfg = base.replace(correction=correction)
         s_cfg = sdit_cfg.replace(correction=correction)
         per = {k: [] for k in ("psnr", "ssim", "token_ratio", "sg_psnr", "sg_ssim")}
-        ratios = {"sdit": [], "supergen_cache": [], "supergen": []}
-        tokens = {"full": 0, "sdit": 0, "sdit_executed": 0, "supergen_cache": 0, "supergen": 0}
-        secs = {"full": [], "sdit": [], "supergen_cache": [], "supergen": []}
+        per.update(sgs_psnr=[], sgs_ssim=[])
+        ratios = {"sdit": [], "supergen_cache": [], "supergen": [], "supergen_sdit": []}
+        tokens = {"full": 0, "sdit": 0, "sdit_executed": 0, "supergen_cache": 0, "supergen": 0, "supergen_sdit": 0}
+        secs = {k: [] for k in ratios} | {"full": []}
         plan = []
         for i, prompt in enumerate(tqdm(prompts, desc=f"SDiT {scale}x", leave=False)):
             key = jax.random.key(100 + i)
@@ -83,6 +86,8 @@ def sdit_part(model, args, prompts, payload) -> list:
                 for name, thr in (("supergen", 0.0), ("supergen_cache", args.cache_threshold)):
                     fns[name] = partial(sg.generate, model, sg_base.replace(cache_threshold=thr), scale=scale,
                                         prompt=prompt, key=key, progress=False)
+                fns["supergen_sdit"] = partial(sg.generate, model, sg_base, scale=scale, prompt=prompt, key=key,
+                                               progress=False, sdit=sdit_cfg)
             timed = bench.interleaved(fns, rounds=args.rounds, seconds=lambda r: r[1].seconds, host=tuple(fns))
             res = timed.results
             p, s = fidelity(res["sdit"][0], res["full"][0])
@@ -100,9 +105,13 @@ def sdit_part(model, args, prompts, payload) -> list:
             if scale > 1:
                 tokens["supergen"] += res["supergen"][1].tokens_computed
                 tokens["supergen_cache"] += res["supergen_cache"][1].tokens_computed
+                tokens["supergen_sdit"] += res["supergen_sdit"][1].tokens_computed
                 p2, s2 = fidelity(res["supergen_cache"][0], res["supergen"][0])
                 per["sg_psnr"].append(p2)
                 per["sg_ssim"].append(s2)
+                p3, s3 = fidelity(res["supergen_sdit"][0], res["supergen"][0])
+                per["sgs_psnr"].append(p3)
+                per["sgs_ssim"].append(s3)
             if i == 0:
                 examples[scale] = {k: res[k][0] for k in fns}
         row = {"scale": scale, "canvas_px": list(examples[scale]["full"].shape[:2]), "correction": correction,
@@ -122,7 +131,12 @@ def sdit_part(model, args, prompts, payload) -> list:
                         "supergen_token_ratio": tokens["full"] / max(1, tokens["supergen"]),
                         "supergen_cache_token_ratio": tokens["full"] / max(1, tokens["supergen_cache"]),
                         "supergen_cache_psnr_mean": float(np.mean(per["sg_psnr"])),
-                        "supergen_cache_ssim_mean": float(np.mean(per["sg_ssim"]))})
+                        "supergen_cache_ssim_mean": float(np.mean(per["sg_ssim"])),
+                        "supergen_sdit_seconds": statistics.median(secs["supergen_sdit"]),
+                        "supergen_sdit_speedup": statistics.median(ratios["supergen_sdit"]),
+                        "supergen_sdit_token_ratio": tokens["full"] / max(1, tokens["supergen_sdit"]),
+                        "supergen_sdit_psnr_mean": float(np.mean(per["sgs_psnr"])),
+                        "supergen_sdit_ssim_mean": float(np.mean(per["sgs_ssim"]))})
         rows.append(row)
     payload["sdit"] = {"config": sdit_cfg.__dict__, "supergen_cache_threshold": args.cache_threshold,
                        "rows": rows}
@@ -218,13 +232,26 @@ def markdown(payload: dict, args) -> str:
           f"command: `{payload['command']}`; model {payload['model']} (MMDiT on CLIP {payload['text_model']}), "
           f"{args.steps} Euler steps, guidance {args.guidance}.", "", "## (a) SDiT", ""]
     md.append(bench.markdown_table(
-        ["scale", "tokens/step", "full s", "SDiT s", "SDiT speedup", "tokens ratio", "PSNR dB (min)", "SSIM",
-         "SuperGen s", "SG+cache s", "SG+cache speedup", "SG+cache tokens ratio", "SG cache PSNR"],
+        ["scale", "tokens/step", "full s", "SDiT s", "SDiT speedup", "tokens ratio", "executed ratio",
+         "PSNR dB (min)", "SSIM", "plan s"],
         [[r["scale"], r["image_tokens"], r["full_seconds"], r["sdit_seconds"], r["sdit_speedup"],
-          r["sdit_token_ratio"], f"{r['sdit_psnr_mean']:.2f} ({r['sdit_psnr_min']:.2f})", r["sdit_ssim_mean"],
-          r.get("supergen_seconds", "-"), r.get("supergen_cache_seconds", "-"), r.get("supergen_cache_speedup", "-"),
-          r.get("supergen_cache_token_ratio", "-"), r.get("supergen_cache_psnr_mean", "-")]
+          r["sdit_token_ratio"], r["sdit_executed_token_ratio"],
+          f"{r['sdit_psnr_mean']:.2f} ({r['sdit_psnr_min']:.2f})", r["sdit_ssim_mean"], r["sdit_plan_seconds"]]
          for r in payload["sdit"]["rows"]]))
+    tiled = [r for r in payload["sdit"]["rows"] if "supergen_seconds" in r]
+    if tiled:
+        md += ["", "SuperGen at the same size (sketch, upsample, shifted tiles moving one token per step), against "
+               "the same full computation:", ""]
+        md.append(bench.markdown_table(
+            ["scale", "variant", "s", "speedup", "tokens ratio", "PSNR dB vs SuperGen uncached", "SSIM"],
+            [row for r in tiled for row in (
+                [r["scale"], "SuperGen", r["supergen_seconds"], r["supergen_speedup"], r["supergen_token_ratio"],
+                 "-", "-"],
+                [r["scale"], f"SuperGen + tile cache ({payload['sdit']['supergen_cache_threshold']})",
+                 r["supergen_cache_seconds"], r["supergen_cache_speedup"], r["supergen_cache_token_ratio"],
+                 r["supergen_cache_psnr_mean"], r["supergen_cache_ssim_mean"]],
+                [r["scale"], "SuperGen + SDiT in tiles", r["supergen_sdit_seconds"], r["supergen_sdit_speedup"],
+                 r["supergen_sdit_token_ratio"], r["supergen_sdit_psnr_mean"], r["supergen_sdit_ssim_mean"]])]))
     md += ["", "Speedups and token ratios are over full computation of the same prompt and noise (SuperGen's over "
            "the same full computation; its cache PSNR is against its own uncached output). Times exclude "
            "compilation; SDiT's include its host planning (Quickshift and scheduling).", "", "## (b) TIDE", ""]

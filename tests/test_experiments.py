@@ -338,3 +338,36 @@ def test_quantum_suite_smoke(tmp_path):
     md = (tmp_path / "quantum_suite.md").read_text()
     assert md.startswith("# Quantum suite") and "dynamic_qft" in md and "## Targets" in md
     assert (tmp_path / "quantum_suite.png").stat().st_size > 0
+
+
+def test_text_to_image_smoke(tmp_path):
+    import jax
+
+    from qrjax.clip.data import SyntheticScenes
+    from qrjax.diffusion import DiffusionModel, save_model
+    from qrjax.diffusion.autoencoder import fit_pca
+    from qrjax.diffusion.config import get_config
+    from qrjax.diffusion.model import init_params
+
+    config = get_config("t2i-tiny")
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(np.float32),
+                          init_params(config, jax.random.key(0)))
+    ae = fit_pca(SyntheticScenes(32, config.image_size).images(np.arange(32)), config.ae_factor, config.channels)
+    save_model(DiffusionModel(config, params, ae, ()), tmp_path / "t2i")
+    cmd = [sys.executable, str(ROOT / "experiments" / "text_to_image.py"), "--model", str(tmp_path / "t2i"),
+           "--prompts", "2", "--sdit-prompts", "1", "--sdit-scales", "2", "--tide-scales", "2", "--steps", "6",
+           "--rounds", "1", "--corrections", "none", "fixed", "tide", "--sdit-set", "sdit_warmup=2",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=SMOKE_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "text_to_image.json").read_text())
+    (row,) = result["sdit"]["rows"]
+    assert row["scale"] == 2 and row["correction"] == "tide" and row["sdit_token_ratio"] >= 1
+    assert result["sdit"]["config"]["sdit_warmup"] == 2 and "supergen_sdit_token_ratio" in row
+    methods = [(r["scale"], r["method"]) for r in result["tide"]["rows"]]
+    assert methods == [(1, "training size"), (2, "real scenes"), (2, "none"), (2, "fixed"), (2, "tide"),
+                       (2, "supergen tiles")]
+    assert all(0 <= r["acc_mean"] <= 1 and r["clip_score"] >= 0 for r in result["tide"]["rows"])
+    assert (tmp_path / "text_to_image.md").read_text().startswith("# Text-to-image")
+    assert (tmp_path / "text_to_image.png").stat().st_size > 0 and (tmp_path / "text_to_image_grid.png").exists()

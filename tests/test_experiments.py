@@ -341,20 +341,10 @@ def test_quantum_suite_smoke(tmp_path):
 
 
 def test_text_to_image_smoke(tmp_path):
-    import jax
+    from qrjax.diffusion import save_model
+    from tests.diffusion.models import random_t2i_model
 
-    from qrjax.clip.data import SyntheticScenes
-    from qrjax.diffusion import DiffusionModel, save_model
-    from qrjax.diffusion.autoencoder import fit_pca
-    from qrjax.diffusion.config import get_config
-    from qrjax.diffusion.model import init_params
-
-    config = get_config("t2i-tiny")
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(np.float32),
-                          init_params(config, jax.random.key(0)))
-    ae = fit_pca(SyntheticScenes(32, config.image_size).images(np.arange(32)), config.ae_factor, config.channels)
-    save_model(DiffusionModel(config, params, ae, ()), tmp_path / "t2i")
+    save_model(random_t2i_model(), tmp_path / "t2i")
     cmd = [sys.executable, str(ROOT / "experiments" / "text_to_image.py"), "--model", str(tmp_path / "t2i"),
            "--prompts", "2", "--sdit-prompts", "1", "--sdit-scales", "2", "--tide-scales", "2", "--steps", "6",
            "--rounds", "1", "--corrections", "none", "fixed", "tide", "--sdit-set", "sdit_warmup=2",

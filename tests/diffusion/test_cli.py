@@ -12,6 +12,7 @@ from qrjax.diffusion.autoencoder import pixel_autoencoder
 from qrjax.diffusion.config import get_config
 from qrjax.diffusion.model import init_params
 from qrjax.diffusion import DiffusionModel, load_model, save_model
+from tests.diffusion.models import random_t2i_model
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +69,8 @@ def test_bad_arguments_are_named(tiny_model, tmp_path, argv, match):
 
 @pytest.fixture(scope="module")
 def t2i_model(tmp_path_factory):
-    """The t2i-tiny architecture with perturbed weights on the shipped CLIP (its config names text_model 'cpu')."""
-    from qrjax.clip.data import SyntheticScenes
-    from qrjax.diffusion.autoencoder import fit_pca
-
-    config = get_config("t2i-tiny")
-    params = init_params(config, jax.random.key(0))
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape).astype(np.float32), params)
-    ae = fit_pca(SyntheticScenes(32, config.image_size).images(np.arange(32)), config.ae_factor, config.channels)
     path = tmp_path_factory.mktemp("t2i") / "t2i"
-    save_model(DiffusionModel(config, params, ae, ()), path)
+    save_model(random_t2i_model(), path)
     return path
 
 

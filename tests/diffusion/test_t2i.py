@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qrjax.clip.data import SyntheticScenes, render_scenes
+from qrjax.clip.data import render_scenes
 from qrjax.clip.export import load_pretrained as load_clip
 from qrjax.diffusion import sdit, tide
-from qrjax.diffusion.autoencoder import fit_pca
-from qrjax.diffusion.config import SuperGenConfig, TextToImageConfig, get_config
+from qrjax.diffusion.config import SuperGenConfig, TextToImageConfig
 from qrjax.diffusion.evaluate import attribute_accuracy, clip_score, prompt_set
-from qrjax.diffusion.model import (MMDiT, AttentionControl, DiffusionModel, init_params, joint_attention, patchify)
+from qrjax.diffusion.model import MMDiT, AttentionControl, joint_attention, patchify
 from qrjax.diffusion.supergen import generate
 from qrjax.diffusion.t2i import generate_image
+from tests.diffusion.models import random_t2i_model
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,7 @@ def clip():
 
 @pytest.fixture(scope="module")
 def model(clip):
-    """The t2i-tiny architecture with perturbed weights (adaLN-zero outputs zeros at init) on the shipped CLIP."""
-    config = get_config("t2i-tiny")
-    params = init_params(config, jax.random.key(0))
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
-    scenes = SyntheticScenes(64, config.image_size)
-    ae = fit_pca(scenes.images(np.arange(64)), config.ae_factor, config.latent_channels)
-    return DiffusionModel(config, params, ae, (), clip)
+    return random_t2i_model(scale=0.1, seed=1, clip=clip)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -201,3 +194,13 @@ def test_sdit_inside_supergens_tiles(model):
     assert st.tokens_computed < st_ref.tokens_computed and len(st.sdit_tokens_per_step) == 4
     with pytest.raises(ValueError, match="shift_divisions=4 moves it by one token"):
         generate(model, base.replace(shift_divisions=16), scale=2, prompt=prompt, progress=False, sdit=every)
+
+
+def test_clip_text_states_are_the_towers_own(clip):
+    """The states the MMDiT reads come from the same text tower: the pooled half equals encode_texts; one row of
+    states per token, different for different captions."""
+    texts = ["a photo of a red circle.", ""]
+    states, pooled = clip.encode_text_states(texts)
+    assert states.shape == (2, clip.config.context_length, clip.config.text_width)
+    np.testing.assert_allclose(pooled, clip.encode_texts(texts), atol=1e-5)
+    assert np.all(np.isfinite(states)) and not np.allclose(states[0], states[1])

@@ -18,8 +18,9 @@ Writes experiments/results/text_to_image.{json,md,png} and text_to_image_grid.pn
     the attributes of the prompt's objects read back by the shipped CLIP (count, colour, shape, position: CLIP picks
     among captions that change that attribute alone), for no correction, fixed attention scaling
     (log(N + T)/log(N_train + T) at every step), TIDE, TIDE's two parts alone, and SuperGen's tiled output at the
-    same size. Two references frame the numbers: the model at its training size, and the real scenes of the prompts
-    rendered at that size (the read-back's own ceiling).
+    same size; all with RoPE positions interpolated into the training grid (the default), and none / fixed / TIDE
+    again with positions extended past it. Two references frame the numbers: the model at its training size, and
+    the real scenes of the prompts rendered at that size (the read-back's own ceiling).
 """
 
 from __future__ import annotations
@@ -164,12 +165,15 @@ def tide_part(model, args, attributes, prompts, payload):
         real = render_scenes(attributes, px * scale, [[7, 7, i] for i in range(len(attributes))])
         rows.append({"scale": scale, "method": "real scenes", **quality(model, real, attributes, prompts)})
         grids[scale] = {"real scenes": real}
-        for corr in args.corrections:
-            imgs = np.stack([generate_image(model, base.replace(correction=corr), p, scale=scale,
-                                            key=jax.random.key(200 + i), progress=False)[0]
-                             for i, p in enumerate(tqdm(prompts, desc=f"{corr} {scale}x", leave=False))])
-            rows.append({"scale": scale, "method": corr, **quality(model, imgs, attributes, prompts)})
-            grids[scale][corr] = imgs
+        runs = [(corr, "interpolate", corr) for corr in args.corrections]
+        runs += [(corr, "extend", f"{corr} (positions extended)") for corr in args.extend_corrections]
+        for corr, positions, name in runs:
+            cfg = base.replace(correction=corr, positions=positions)
+            imgs = np.stack([generate_image(model, cfg, p, scale=scale, key=jax.random.key(200 + i), progress=False)[0]
+                             for i, p in enumerate(tqdm(prompts, desc=f"{name} {scale}x", leave=False))])
+            rows.append({"scale": scale, "method": name, "correction": corr, "positions": positions,
+                         **quality(model, imgs, attributes, prompts)})
+            grids[scale][name] = imgs
         imgs = np.stack([sg.generate(model, sg_cfg, scale=scale, prompt=p, key=jax.random.key(200 + i),
                                      progress=False)[0]
                          for i, p in enumerate(tqdm(prompts, desc=f"supergen {scale}x", leave=False))])
@@ -270,14 +274,17 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--restart", type=int, default=2, help="SuperGen's stage-2 restart index")
-    p.add_argument("--prompts", type=int, default=24, help="prompts of part (b)")
+    p.add_argument("--prompts", type=int, default=20, help="prompts of part (b)")
     p.add_argument("--sdit-prompts", type=int, default=6, help="prompts of part (a)")
     p.add_argument("--sdit-scales", type=int, nargs="+", default=[1, 4])
     p.add_argument("--sdit-set", nargs="*", default=[], metavar="KEY=VALUE", help="TextToImageConfig fields of SDiT")
     p.add_argument("--cache-threshold", type=float, default=0.3, help="SuperGen's tile-cache threshold")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per prompt in part (a)")
     p.add_argument("--tide-scales", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--corrections", nargs="+", default=list(CORRECTIONS), choices=CORRECTIONS)
+    p.add_argument("--corrections", nargs="+", default=list(CORRECTIONS), choices=CORRECTIONS,
+                   help="part (b) with RoPE positions interpolated into the training grid (the default)")
+    p.add_argument("--extend-corrections", nargs="*", default=["none", "fixed", "tide"], choices=CORRECTIONS,
+                   help="part (b) again with RoPE positions extended past the training grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

@@ -33,19 +33,21 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float,
-                time_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, time_axis: bool = False,
+                scale: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin: f32[F*h*w, head_dim/2] for a (frames, rows, cols) token grid, row-major.
 
     The rotary pairs are split between axes: rows and columns share them equally; a video model (time_axis) gives a
     quarter to time. The split is the model's, not the input's: an image model reading several frames keeps its
-    spatial encoding and sees frames without positions."""
+    spatial encoding and sees frames without positions. scale: (rows, cols) factors on the positions (position
+    interpolation: a larger canvas read at the training size's position range)."""
     f, h, w = grid
     pairs = head_dim // 2
     n_t = pairs // 4 if time_axis else 0
     n_y = (pairs - n_t) // 2
     n_x = pairs - n_t - n_y
-    pos = np.stack(np.meshgrid(np.arange(f), np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 3)
+    pos = np.stack(np.meshgrid(np.arange(f), np.arange(h) * scale[0], np.arange(w) * scale[1], indexing="ij"),
+                   -1).reshape(-1, 3)
     angles = []
     for axis, n in enumerate((n_t, n_y, n_x)):
         if n:
@@ -210,10 +212,13 @@ class TextCond(NamedTuple):
 class AttentionControl(NamedTuple):
     """Inference-time corrections of the joint attention (TIDE's, qrjax.diffusion.tide): logits are multiplied by
     `logit_scale` (1: unchanged; > 1 sharpens) and `text_bias` is added to the logits of every text key (log of a
-    factor on the text tokens' unnormalised attention weight). Scalars, possibly traced (step-dependent)."""
+    factor on the text tokens' unnormalised attention weight): scalars, possibly traced (step-dependent).
+    `position_scale` (static Python floats, rows and cols) multiplies the image tokens' RoPE positions (position
+    interpolation)."""
 
     logit_scale: jax.Array | float = 1.0
     text_bias: jax.Array | float = 0.0
+    position_scale: tuple[float, float] = (1.0, 1.0)
 
 
 def patchify(x: jax.Array, p: int) -> jax.Array:
@@ -325,7 +330,9 @@ class MMDiT(nn.Module):
         gh, gw = hh // p, ww // p
         n = gh * gw
         tokens = patchify(x, p)
-        cos_all, sin_all = (jnp.asarray(a) for a in rope_tables((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta))
+        scale = (1.0, 1.0) if control is None else tuple(control.position_scale)
+        cos_all, sin_all = (jnp.asarray(a) for a in rope_tables((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta,
+                                                                scale=scale))
         cos, sin = cos_all, sin_all
         if idx is not None:
             safe = jnp.minimum(idx, n - 1)

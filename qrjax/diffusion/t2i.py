@@ -92,7 +92,9 @@ def generate_image(model: DiffusionModel, cfg: TextToImageConfig, prompt: str, *
     if h % mc.patch or w % mc.patch:
         raise ValueError(f"canvas {h}x{w} latent pixels is not a whole number of {mc.patch}-pixel patches")
     n = (h // mc.patch) * (w // mc.patch)
-    control = tide.attention_control(cfg.correction, n, mc.image_tokens, mc.text_length, cfg.temperature_power)
+    side = mc.latent_size // mc.patch
+    control = tide.attention_control(cfg.correction, n, mc.image_tokens, mc.text_length, cfg.temperature_power,
+                                     cfg.positions, (h // mc.patch, w // mc.patch), (side, side))
     cond = model.text_cond([prompt])
     key = jax.random.key(0) if key is None else key
     shape = (h, w, mc.channels)

@@ -37,6 +37,9 @@ def sharpening(n_image: int, n_train: int, n_text: int) -> float:
     return max(1.0, math.log(n_image + n_text) / math.log(n_train + n_text))
 
 
+POSITIONS = ("extend", "interpolate")
+
+
 @dataclasses.dataclass(frozen=True)
 class Correction:
     """A correction's constants; called with the flow time t (a scalar, possibly traced) it gives the step's
@@ -46,25 +49,39 @@ class Correction:
     lam: float  # the full sharpening log(N + T) / log(N_train + T)
     bias: float  # the text anchor log(N / N_train)
     power: float = 1.0
+    position_scale: tuple[float, float] = (1.0, 1.0)  # RoPE position factors (rows, cols)
 
     def __call__(self, t) -> AttentionControl:
+        if self.kind == "none":
+            return AttentionControl(1.0, 0.0, self.position_scale)
         if self.kind == "fixed":
-            return AttentionControl(self.lam, 0.0)
+            return AttentionControl(self.lam, 0.0, self.position_scale)
         dynamic = self.kind in ("tide", "temperature")
         scale = 1.0 + (self.lam - 1.0) * jnp.asarray(t, jnp.float32) ** self.power if dynamic else 1.0
-        return AttentionControl(scale, self.bias if self.kind in ("tide", "anchor") else 0.0)
+        return AttentionControl(scale, self.bias if self.kind in ("tide", "anchor") else 0.0, self.position_scale)
 
 
-def attention_control(correction: str, n_image: int, n_train: int, n_text: int,
-                      power: float = 1.0) -> Correction | None:
-    """None (no correction, or a canvas no larger than the training one) or the step-wise Correction."""
+def attention_control(correction: str, n_image: int, n_train: int, n_text: int, power: float = 1.0,
+                      positions: str = "extend", grid: tuple[int, int] | None = None,
+                      train_grid: tuple[int, int] | None = None) -> Correction | None:
+    """None (no correction and positions extended, or a canvas no larger than the training one) or the step-wise
+    Correction. positions: "extend" (RoPE positions continue past the training grid) or "interpolate" (positions
+    scaled by train_grid / grid per axis, so the canvas spans the training grid's range; needs both grids)."""
     if correction not in CORRECTIONS:
         raise ValueError(f"correction {correction!r}: choose from {CORRECTIONS}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions {positions!r}: choose from {POSITIONS}")
     if power <= 0:
         raise ValueError(f"temperature power {power}: must be > 0")
-    if correction == "none" or n_image <= n_train:
+    scale = (1.0, 1.0)
+    if positions == "interpolate":
+        if grid is None or train_grid is None:
+            raise ValueError("positions='interpolate' needs the token grid and the training grid")
+        scale = tuple(float(min(1.0, a / b)) for a, b in zip(train_grid, grid))
+    if n_image <= n_train or (correction == "none" and scale == (1.0, 1.0)):
         return None
-    return Correction(correction, sharpening(n_image, n_train, n_text), math.log(n_image / n_train), float(power))
+    return Correction(correction, sharpening(n_image, n_train, n_text), math.log(n_image / n_train), float(power),
+                      scale)
 
 
-__all__ = ["CORRECTIONS", "Correction", "attention_control", "sharpening"]
+__all__ = ["CORRECTIONS", "POSITIONS", "Correction", "attention_control", "sharpening"]

@@ -69,7 +69,8 @@ plt.show()
 # At `SCALE` times the training side the canvas holds SCALE^2 times the image tokens. With equal logits the caption's
 # share of attention would fall from T/(T + N_train) to T/(T + N); the anchor adds log(N / N_train) to the text keys'
 # logits, which restores it. Fixed scaling multiplies every logit by lambda = log(N + T)/log(N_train + T) at every
-# step; TIDE's temperature goes from lambda at the first step to 1 at the last.
+# step; TIDE's temperature goes from lambda at the first step to 1 at the last. RoPE positions are interpolated into
+# the training grid (the default); the last row extends them instead, and the objects repeat over the canvas.
 
 # %%
 n = mc.image_tokens * SCALE * SCALE
@@ -78,14 +79,15 @@ print(f"N = {n}, N_train = {mc.image_tokens}, lambda = {sharpening(n, mc.image_t
 print(f"text share at equal logits: training {t_text / (t_text + mc.image_tokens):.3f}, "
       f"uncorrected {t_text / (t_text + n):.3f}")
 rows = {}
-for corr in ("none", "fixed", "tide"):
-    rows[corr] = np.stack([generate_image(model, cfg.replace(correction=corr), p, scale=SCALE,
+for name, corr, positions in (("none", "none", "interpolate"), ("fixed", "fixed", "interpolate"),
+                              ("tide", "tide", "interpolate"), ("tide, extended", "tide", "extend")):
+    rows[name] = np.stack([generate_image(model, cfg.replace(correction=corr, positions=positions), p, scale=SCALE,
                                           key=jax.random.key(i), progress=False)[0]
                            for i, p in enumerate(prompts)])
-    acc = attribute_accuracy(model.clip, rows[corr], attributes)
-    print(f"{corr:>6}: CLIP score {clip_score(model.clip, rows[corr], prompts).mean():.1f}, attributes "
+    acc = attribute_accuracy(model.clip, rows[name], attributes)
+    print(f"{name:>14}: CLIP score {clip_score(model.clip, rows[name], prompts).mean():.1f}, attributes "
           f"{np.mean([v.mean() for v in acc.values()]):.2f}")
-fig, axes = plt.subplots(len(prompts), 3, figsize=(7, 2.4 * len(prompts)), squeeze=False)
+fig, axes = plt.subplots(len(prompts), len(rows), figsize=(2.3 * len(rows), 2.4 * len(prompts)), squeeze=False)
 for i in range(len(prompts)):
     for j, corr in enumerate(rows):
         axes[i][j].imshow(rows[corr][i])

@@ -66,9 +66,11 @@ def cmd_generate(args) -> int:
             sdit = get_t2i_config(sdit_keys) if args.sdit else None
             # SDiT's caches move with the grid by whole tokens: one token per step unless --set says otherwise
             one_token = [f"shift_divisions={model.config.latent_size // model.config.patch}"] if args.sdit else []
-            config = get_supergen_config(console.overrides(one_token + (other_keys if args.sdit else args.set),
-                                                           cache_threshold=args.cache_threshold, steps=args.steps,
-                                                           tiling=args.tiling))
+            # a prompt is guided against the empty caption, as in direct generation (a --set guidance wins)
+            guided = [f"guidance={get_t2i_config().guidance}"] if args.prompt is not None else []
+            sets = guided + one_token + (other_keys if args.sdit else args.set)
+            config = get_supergen_config(console.overrides(sets, cache_threshold=args.cache_threshold,
+                                                           steps=args.steps, tiling=args.tiling))
             if args.prompt is None:
                 label = model.label(args.label) if model.config.num_classes else 0
             image, stats = generate(model, config, size=_size(args.size), label=label or 0,

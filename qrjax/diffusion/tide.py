@@ -18,6 +18,13 @@ Corrections (`CORRECTIONS`), each an `AttentionControl` per denoising step (qrja
     local and fixed sharpening turns into the grainy artifacts TIDE's paper shows.
 - "anchor" and "temperature": one of TIDE's two parts alone (ablations).
 At or below the training resolution every correction is the identity (N <= N_train).
+
+Positions (`POSITIONS`), independent of the correction: "interpolate" (the default of TextToImageConfig) scales the
+image tokens' RoPE positions by the training grid over the canvas grid, so the canvas spans the position range the
+model was trained on; "extend" lets them run on. Measured on the shipped model, extended positions repeat the
+prompt's objects all over a 2x or 4x canvas whatever the attention does (the model places objects by their distance
+to the picture's edges), so the corrections are compared on interpolated positions, with extended ones reported too
+(experiments/text_to_image.py).
 """
 
 from __future__ import annotations

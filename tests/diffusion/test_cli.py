@@ -74,8 +74,9 @@ def t2i_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("flags,pipeline", [([], "supergen"), (["--sdit", "--tide"], "direct"),
-                                            (["--sdit", "--tiling", "shifted", "--set", "sdit_active=0.1"], "supergen")])
+@pytest.mark.parametrize("flags,pipeline", [
+    ([], "supergen"), (["--sdit", "--tide"], "direct"),
+    (["--sdit", "--tiling", "shifted", "--set", "sdit_active=0.1"], "supergen")])
 def test_generate_from_a_prompt(t2i_model, tmp_path, capsys, flags, pipeline):
     out = tmp_path / "p.png"
     rc = main(["diffusion", "generate", "--prompt", "a photo of two red circles on the zeppelin.", "--size", "32x32",
@@ -91,6 +92,8 @@ def test_generate_from_a_prompt(t2i_model, tmp_path, capsys, flags, pipeline):
         assert summary["sdit"] and summary["correction"] == "tide" and summary["full_tokens"] == 4 * 64
     elif "--sdit" in flags:  # inside the tiles; the grid moves one token (2 latent pixels) per step
         assert summary["config"]["shift_divisions"] == 4 and len(summary["sdit_tokens_per_step"]) == 2
+    if pipeline == "supergen":
+        assert summary["config"]["guidance"] == 4.0  # prompts are guided against the empty caption
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -18,7 +18,8 @@ Writes experiments/results/text_to_image.{json,md,png} and text_to_image_grid.pn
     the attributes of the prompt's objects read back by the shipped CLIP (count, colour, shape, position: CLIP picks
     among captions that change that attribute alone), for no correction, fixed attention scaling
     (log(N + T)/log(N_train + T) at every step), TIDE, TIDE's two parts alone, and SuperGen's tiled output at the
-    same size; all with RoPE positions interpolated into the training grid (the default), and none / fixed / TIDE
+    same size (restarting at step 2 of 20, SuperGen's share, and at step 10, where the sketch keeps its layout);
+    all with RoPE positions interpolated into the training grid (the default), and none / fixed / TIDE
     again with positions extended past it. Two references frame the numbers: the model at its training size, and
     the real scenes of the prompts rendered at that size (the read-back's own ceiling).
 """
@@ -174,11 +175,14 @@ def tide_part(model, args, attributes, prompts, payload):
             rows.append({"scale": scale, "method": name, "correction": corr, "positions": positions,
                          **quality(model, imgs, attributes, prompts)})
             grids[scale][name] = imgs
-        imgs = np.stack([sg.generate(model, sg_cfg, scale=scale, prompt=p, key=jax.random.key(200 + i),
-                                     progress=False)[0]
-                         for i, p in enumerate(tqdm(prompts, desc=f"supergen {scale}x", leave=False))])
-        rows.append({"scale": scale, "method": "supergen tiles", **quality(model, imgs, attributes, prompts)})
-        grids[scale]["supergen tiles"] = imgs
+        for restart in args.supergen_restarts:
+            name = f"supergen tiles (restart {restart}/{args.steps})"
+            imgs = np.stack([sg.generate(model, sg_cfg.replace(restart_step=restart), scale=scale, prompt=p,
+                                         key=jax.random.key(200 + i), progress=False)[0]
+                             for i, p in enumerate(tqdm(prompts, desc=f"{name} {scale}x", leave=False))])
+            rows.append({"scale": scale, "method": name, "restart_step": restart,
+                         **quality(model, imgs, attributes, prompts)})
+            grids[scale][name] = imgs
     payload["tide"] = {"rows": rows, "prompts": prompts}
     return grids
 
@@ -273,7 +277,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="t2i-cpu")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--restart", type=int, default=2, help="SuperGen's stage-2 restart index")
+    p.add_argument("--restart", type=int, default=2, help="SuperGen's stage-2 restart index in part (a)")
+    p.add_argument("--supergen-restarts", type=int, nargs="+", default=[2, 10],
+                   help="SuperGen's restart indices in part (b): its 10%% (paper: 5 of 50), and half way")
     p.add_argument("--prompts", type=int, default=20, help="prompts of part (b)")
     p.add_argument("--sdit-prompts", type=int, default=6, help="prompts of part (a)")
     p.add_argument("--sdit-scales", type=int, nargs="+", default=[1, 4])

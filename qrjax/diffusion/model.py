@@ -33,27 +33,33 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, time_axis: bool = False,
-                scale: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin: f32[F*h*w, head_dim/2] for a (frames, rows, cols) token grid, row-major.
+def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float,
+                time_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(angles f32[F*h*w, head_dim/2], axis int[head_dim/2]): the rotary angle of every token (row-major) and pair,
+    and the axis (0 time, 1 rows, 2 cols) each pair encodes.
 
     The rotary pairs are split between axes: rows and columns share them equally; a video model (time_axis) gives a
     quarter to time. The split is the model's, not the input's: an image model reading several frames keeps its
-    spatial encoding and sees frames without positions. scale: (rows, cols) factors on the positions (position
-    interpolation: a larger canvas read at the training size's position range)."""
+    spatial encoding and sees frames without positions."""
     f, h, w = grid
     pairs = head_dim // 2
     n_t = pairs // 4 if time_axis else 0
     n_y = (pairs - n_t) // 2
     n_x = pairs - n_t - n_y
-    pos = np.stack(np.meshgrid(np.arange(f), np.arange(h) * scale[0], np.arange(w) * scale[1], indexing="ij"),
-                   -1).reshape(-1, 3)
+    pos = np.stack(np.meshgrid(np.arange(f), np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 3)
     angles = []
     for axis, n in enumerate((n_t, n_y, n_x)):
         if n:
             inv = theta ** (-np.arange(n) / n)
             angles.append(pos[:, axis:axis + 1] * inv[None])
-    ang = np.concatenate(angles, -1).astype(np.float32)
+    axes = np.repeat(np.arange(3), (n_t, n_y, n_x))
+    return np.concatenate(angles, -1).astype(np.float32), axes
+
+
+def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float,
+                time_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin: f32[F*h*w, head_dim/2] for a (frames, rows, cols) token grid, row-major (see `rope_angles`)."""
+    ang, _ = rope_angles(grid, head_dim, theta, time_axis)
     return np.cos(ang), np.sin(ang)
 
 
@@ -213,8 +219,7 @@ class AttentionControl(NamedTuple):
     """Inference-time corrections of the joint attention (TIDE's, qrjax.diffusion.tide): logits are multiplied by
     `logit_scale` (1: unchanged; > 1 sharpens) and `text_bias` is added to the logits of every text key (log of a
     factor on the text tokens' unnormalised attention weight): scalars, possibly traced (step-dependent).
-    `position_scale` (static Python floats, rows and cols) multiplies the image tokens' RoPE positions (position
-    interpolation)."""
+    `position_scale` (rows, cols) multiplies the image tokens' RoPE positions (position interpolation)."""
 
     logit_scale: jax.Array | float = 1.0
     text_bias: jax.Array | float = 0.0
@@ -330,9 +335,12 @@ class MMDiT(nn.Module):
         gh, gw = hh // p, ww // p
         n = gh * gw
         tokens = patchify(x, p)
-        scale = (1.0, 1.0) if control is None else tuple(control.position_scale)
-        cos_all, sin_all = (jnp.asarray(a) for a in rope_tables((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta,
-                                                                scale=scale))
+        ang, axis = rope_angles((1, gh, gw), cfg.dim // cfg.heads, cfg.rope_theta)
+        if control is not None:  # position interpolation: each pair's angle scales with its axis's positions
+            sy, sx = control.position_scale
+            ang = jnp.asarray(ang) * jnp.stack([jnp.ones(()), jnp.asarray(sy, jnp.float32),
+                                                jnp.asarray(sx, jnp.float32)])[axis]
+        cos_all, sin_all = jnp.cos(jnp.asarray(ang)), jnp.sin(jnp.asarray(ang))
         cos, sin = cos_all, sin_all
         if idx is not None:
             safe = jnp.minimum(idx, n - 1)

@@ -204,3 +204,21 @@ def test_clip_text_states_are_the_towers_own(clip):
     assert states.shape == (2, clip.config.context_length, clip.config.text_width)
     np.testing.assert_allclose(pooled, clip.encode_texts(texts), atol=1e-5)
     assert np.all(np.isfinite(states)) and not np.allclose(states[0], states[1])
+
+
+def test_position_interpolation_is_scaled_rope_positions():
+    """position_scale multiplies each axis's positions: the angles equal the unscaled tables of a grid whose rows and
+    columns sit at the scaled positions (brute force from the rotary definition)."""
+    from qrjax.diffusion.model import rope_angles
+
+    head_dim, theta, (gh, gw), (sy, sx) = 16, 100.0, (3, 5), (0.25, 0.5)
+    ang, axis = rope_angles((1, gh, gw), head_dim, theta)
+    scaled = ang * np.array([1.0, sy, sx])[axis]
+    n = head_dim // 4  # pairs per spatial axis
+    inv = theta ** (-np.arange(n) / n)
+    rows, cols = np.meshgrid(np.arange(gh) * sy, np.arange(gw) * sx, indexing="ij")
+    want = np.concatenate([rows.reshape(-1, 1) * inv, cols.reshape(-1, 1) * inv], 1)
+    np.testing.assert_allclose(scaled, want, rtol=1e-6)
+    corr = tide.attention_control("none", 256, 64, 16, positions="interpolate", grid=(16, 16), train_grid=(8, 8))
+    assert corr is not None and corr(0.5).position_scale == (0.5, 0.5) and corr(0.5).logit_scale == 1.0
+    assert tide.attention_control("none", 256, 64, 16) is None

@@ -346,7 +346,7 @@ def test_text_to_image_smoke(tmp_path):
 
     save_model(random_t2i_model(), tmp_path / "t2i")
     cmd = [sys.executable, str(ROOT / "experiments" / "text_to_image.py"), "--model", str(tmp_path / "t2i"),
-           "--prompts", "2", "--sdit-prompts", "1", "--sdit-scales", "2", "--tide-scales", "2", "--steps", "6",
+           "--prompts", "1", "--sdit-prompts", "1", "--sdit-scales", "2", "--tide-scales", "2", "--steps", "4",
            "--rounds", "1", "--corrections", "none", "fixed", "tide", "--extend-corrections", "tide",
            "--sdit-set", "sdit_warmup=2", "--supergen-restarts", "2",
            "--out", str(tmp_path)]
@@ -358,7 +358,7 @@ def test_text_to_image_smoke(tmp_path):
     assert result["sdit"]["config"]["sdit_warmup"] == 2 and "supergen_sdit_token_ratio" in row
     methods = [(r["scale"], r["method"]) for r in result["tide"]["rows"]]
     assert methods == [(1, "training size"), (2, "real scenes"), (2, "none"), (2, "fixed"), (2, "tide"),
-                       (2, "tide (positions extended)"), (2, "supergen tiles (restart 2/6)")]
+                       (2, "tide (positions extended)"), (2, "supergen tiles (restart 2/4)")]
     assert all(0 <= r["acc_mean"] <= 1 and r["clip_score"] >= 0 for r in result["tide"]["rows"])
     assert (tmp_path / "text_to_image.md").read_text().startswith("# Text-to-image")
     assert (tmp_path / "text_to_image.png").stat().st_size > 0 and (tmp_path / "text_to_image_grid.png").exists()

@@ -31,6 +31,10 @@ exactly the computation it would see on one device, so the output is bit-identic
 on 2, 3, 4 and 8 simulated CPU devices); larger tile batches differ between device counts by about one float32 ulp,
 because XLA's CPU matmul blocks a batch of 16 differently from a batch of 2.
 
+A text-to-image model (qrjax.diffusion.model.MMDiT) reads `prompt=` instead of a label: every tile is conditioned on
+the whole prompt, guided against the empty caption. `sdit=` runs stage 2 with SDiT inside the tiles instead of the
+tile cache (qrjax.diffusion.sdit.denoise: one device, a grid that moves by whole tokens).
+
 Limits, by choice: the device count must split the tile grid into equal blocks (9 tiles run on 1, 3 or 9 devices;
 SuperGen instead pads with dummy tiles and all-gathers the canvas every step); active tiles are not rebalanced across
 devices, so a step costs what the busiest device's bucket costs; the blended tiling runs on one device and without

@@ -7,7 +7,8 @@ attention corrections above the training resolution (qrjax.diffusion.tide) and S
     image, stats = generate_image(model, TextToImageConfig(correction="tide", sdit=True),
                                   "a photo of two red circles on the left.", scale=4)
 
-Every call is Euler over the flow-matching schedule with classifier-free guidance against the empty caption. Without
+Every call is Euler over the flow-matching schedule with classifier-free guidance against the empty caption. Above the
+training size the RoPE positions are interpolated into the training grid by default (`positions`; see tide.py). Without
 SDiT the whole loop is one compiled program; with SDiT each step is one program (full, or partial at one of
 `sdit_buckets` token counts) plus the host's planning (Quickshift, region complexity), whose time is counted.
 """

@@ -197,6 +197,26 @@ def test_text_to_image_training_end_to_end(tmp_path):
         _train(get_config("tiny", {"data": "scenes"}), tmp_path / "other")
 
 
+def test_text_to_image_trains_on_a_users_caption_csv(tmp_path):
+    """--data: a CSV of image paths and captions (CLIP's format) instead of the synthetic scenes; every caption is in
+    the table the batches index."""
+    from PIL import Image
+
+    from qrjax.clip.data import SyntheticScenes
+
+    scenes = SyntheticScenes(6, 16)
+    for i, img in enumerate(scenes.images(np.arange(6))):
+        Image.fromarray(img).save(tmp_path / f"s{i}.png")
+    rows = "".join(f's{i}.png,"{c}"\n' for i, c in enumerate(scenes.captions(np.arange(6))))
+    (tmp_path / "pairs.csv").write_text("filepath,title\n" + rows)
+    config = get_config("t2i-tiny", {"steps": 2, "eval_samples": 4, "batch_size": 4})
+    model = dt.train_and_evaluate(config, tmp_path / "run", data=tmp_path / "pairs.csv", progress=False,
+                                  mesh=make_mesh(devices=jax.devices()[:1]))
+    assert model.clip is not None and (tmp_path / "run" / "model.json").is_file()
+    rows = trainer.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+
+
 def test_shipped_text_to_image_model_loads_and_was_trained():
     model = load_pretrained("t2i-cpu")
     assert model.config == get_config("t2i-cpu") and model.clip is not None

@@ -34,6 +34,7 @@ from scipy import ndimage
 from skimage.segmentation import quickshift
 from tqdm.auto import tqdm
 
+from qrjax import tiling
 from qrjax.diffusion.config import DiTConfig, TextToImageConfig
 from qrjax.diffusion.model import MMDiT, TextCond, patchify, unpatchify
 
@@ -117,46 +118,48 @@ def _guide(out: jax.Array, guidance: float) -> jax.Array:
     return out[b:] + guidance * (out[:b] - out[b:])
 
 
-def to_tiles(a: jax.Array, th: int, tw: int) -> jax.Array:
-    """[B, H, W, ...] -> [n, B, th, tw, ...], tiles row-major."""
+def to_tiles(a: jax.Array, tile: int | None) -> jax.Array:
+    """[B, H, W, ...] -> [n, B, tile, tile, ...], tiles row-major (qrjax.tiling's grid); tile None: the whole canvas
+    as one tile, [1, B, H, W, ...]."""
+    if tile is None:
+        return a[None]
     b, hh, ww = a.shape[:3]
-    rest = a.shape[3:]
-    a = a.reshape(b, hh // th, th, ww // tw, tw, *rest)
-    a = jnp.moveaxis(a, (1, 3), (0, 1))
-    return a.reshape(-1, b, th, tw, *rest)
+    cells = tiling.extract_grid(a.reshape(b, hh, ww, -1), tiling.grid(hh, ww, tile))  # [B, n, t, t, prod(rest)]
+    return jnp.moveaxis(cells, 1, 0).reshape(-1, b, tile, tile, *a.shape[3:])
 
 
 def from_tiles(t: jax.Array, hh: int, ww: int) -> jax.Array:
-    """Inverse of `to_tiles`."""
-    _, b, th, tw = t.shape[:4]
-    rest = t.shape[4:]
-    t = t.reshape(hh // th, ww // tw, b, th, tw, *rest)
-    t = jnp.moveaxis(t, (0, 1), (1, 3))
-    return t.reshape(b, hh, ww, *rest)
+    """Inverse of `to_tiles` for an hh x ww canvas."""
+    n, b, th, tw = t.shape[:4]
+    if (th, tw) == (hh, ww):
+        return t[0]
+    cells = jnp.moveaxis(t.reshape(n, b, th, tw, -1), 0, 1)
+    return tiling.stitch(cells, tiling.grid(hh, ww, th)).reshape(b, hh, ww, *t.shape[4:])
 
 
-def _step(config: DiTConfig, guidance: float, control, tile: tuple[int, int], shift: tuple[int, int], params,
+def _step(config: DiTConfig, guidance: float, control, tile: int | None, shift: tuple[int, int], params,
           cond, x, v, kv, idx, t, t_next):
     """One step on every tile: the tokens idx int32[n, M] of each tile computed (entries >= tokens per tile are
     padding), the others keep their cached velocity; Euler on the canvas; the grid move. x, v: f32[1, H, W, C];
     kv: per block (keys, values) f32[Bc, H/p, W/p, heads, head_dim]. Returns (x, v, kv, per-token change)."""
     p = config.patch
-    th, tw = tile
     hh, ww = x.shape[1:3]
+    th, tw = (hh, ww) if tile is None else (tile, tile)
+    tok = None if tile is None else tile // p
     states, pooled = halves(cond, guidance)
     reps = states.shape[0]
     ctl = None if control is None else control(t)
     tt = jnp.full((reps,), t, jnp.float32)
     n_tok = (th // p) * (tw // p)
-    kv_t = jax.tree.map(lambda a: to_tiles(a, th // p, tw // p).reshape(-1, reps, n_tok, *a.shape[3:]), kv)
+    kv_t = jax.tree.map(lambda a: to_tiles(a, tok).reshape(-1, reps, n_tok, *a.shape[3:]), kv)
 
     def one(x1, kv1, i1):
         out, kv1 = MMDiT(config).apply({"params": params}, jnp.concatenate([x1] * reps), tt, states, pooled, ctl,
                                        kv=kv1, idx=i1)
         return _guide(out, guidance), kv1
 
-    out, kv_t = jax.vmap(one)(to_tiles(x, th, tw), kv_t, idx)  # out: [n, 1, M, p*p*C]
-    v_t = jax.vmap(lambda a: patchify(a, p))(to_tiles(v, th, tw))  # [n, 1, n_tok, p*p*C]
+    out, kv_t = jax.vmap(one)(to_tiles(x, tile), kv_t, idx)  # out: [n, 1, M, p*p*C]
+    v_t = jax.vmap(lambda a: patchify(a, p))(to_tiles(v, tile))  # [n, 1, n_tok, p*p*C]
     old = jax.vmap(lambda a, i: a[:, jnp.minimum(i, n_tok - 1)])(v_t, idx)
     change = jax.vmap(lambda i, d: jnp.zeros((n_tok,), jnp.float32).at[i].set(d, mode="drop"))(
         idx, jnp.mean(jnp.abs(out - old), axis=(1, 3)))
@@ -173,35 +176,39 @@ def _step(config: DiTConfig, guidance: float, control, tile: tuple[int, int], sh
     return x, v, kv, change
 
 
-class _Programs:
+class Programs:
+    """AOT-compiled programs by name, compiled once, compile time added up apart (SDiT's buckets, t2i's sampler)."""
+
     def __init__(self):
         self.compiled: dict = {}
+        self.compile_seconds = 0.0
 
-    def get(self, m: int, fn, args, counters: SDiTCounters):
-        if m not in self.compiled:
+    def get(self, name, fn, args, donate=()):
+        if name not in self.compiled:
             start = time.perf_counter()
-            self.compiled[m] = jax.jit(fn, donate_argnums=(3, 4)).lower(*args).compile()
-            counters.compile_seconds += time.perf_counter() - start
-        return self.compiled[m]
+            self.compiled[name] = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self.compiled[name]
 
 
-@functools.lru_cache(maxsize=8)
-def _programs(config, canvas, tile, shift, guidance, control) -> _Programs:
-    del config, canvas, tile, shift, guidance, control  # the cache key
-    return _Programs()
+@functools.lru_cache(maxsize=16)
+def programs(*key) -> Programs:
+    """The Programs of one key (model config, canvas, tiles, guidance, correction, ...): shared by every call with it."""
+    del key
+    return Programs()
 
 
 def denoise(config: DiTConfig, params, cfg: TextToImageConfig, cond: TextCond, x: jax.Array, times: np.ndarray, *,
-            tile: tuple[int, int] | None = None, shift: tuple[int, int] = (0, 0), guidance: float = 1.0,
+            tile: int | None = None, shift: tuple[int, int] = (0, 0), guidance: float = 1.0,
             control=None, progress: bool = True) -> tuple[jax.Array, SDiTCounters]:
     """Euler from times[0] to times[-1] on x f32[1, H, W, C] with SDiT (cfg's sdit_* and quickshift_* fields).
 
-    tile: (th, tw) latent pixels per tile (None: the whole canvas); shift: the grid move per step, in latent pixels,
-    multiples of the patch (SuperGen's shifted tiles). Returns (x in the grid frame after len(times) - 1 moves,
+    tile: latent pixels per side of the square tiles (None: the whole canvas); shift: the grid move per step, in
+    latent pixels, multiples of the patch (SuperGen's shifted tiles). Returns (x in the grid frame after len(times) - 1 moves,
     counters); with shift (0, 0) the grid frame is the canvas."""
     p = config.patch
     hh, ww, c = x.shape[1:]
-    th, tw = (hh, ww) if tile is None else tile
+    th, tw = (hh, ww) if tile is None else (tile, tile)
     if hh % th or ww % tw or th % p or tw % p:
         raise ValueError(f"SDiT: a {hh}x{ww} canvas in {th}x{tw} tiles of {p}-pixel patches does not divide")
     if shift[0] % p or shift[1] % p:
@@ -223,8 +230,9 @@ def denoise(config: DiTConfig, params, cfg: TextToImageConfig, cond: TextCond, x
     kv = tuple((jnp.zeros((reps, gh, gw, heads, hd)), jnp.zeros((reps, gh, gw, heads, hd)))
                for _ in range(config.depth))
     v = jnp.zeros_like(x)
-    fn = functools.partial(_step, config, float(guidance), control, (th, tw), tuple(shift))
-    progs = _programs(config, (hh, ww, c), (th, tw), tuple(shift), float(guidance), control)
+    fn = functools.partial(_step, config, float(guidance), control, tile, tuple(shift))
+    progs = programs("sdit", config, (hh, ww, c), tile, tuple(shift), float(guidance), control)
+    compiled_before = progs.compile_seconds
     counters = SDiTCounters(full_tokens=steps * gh * gw)
     warm = max(1, cfg.sdit_warmup)
     rate, last = np.zeros((gh, gw)), np.zeros((gh, gw))
@@ -254,7 +262,7 @@ def denoise(config: DiTConfig, params, cfg: TextToImageConfig, cond: TextCond, x
                 idx[r, :len(chosen)] = chosen
             counters.plan_seconds += time.perf_counter() - t0
         args = (params, cond, x, v, kv, np.ascontiguousarray(idx), t, t_next)
-        x, v, kv, change = progs.get(idx.shape[1], fn, args, counters)(*args)
+        x, v, kv, change = progs.get(idx.shape[1], fn, args, donate=(3, 4))(*args)
         change = np.asarray(change)
         mask = np.roll(mask, (-sy, -sx), (0, 1))  # host maps follow the grid move the program made
         rate = np.roll(rate, (-sy, -sx), (0, 1))
@@ -267,8 +275,9 @@ def denoise(config: DiTConfig, params, cfg: TextToImageConfig, cond: TextCond, x
         counters.tokens_computed += count
         counters.tokens_executed += executed
         counters.tokens_per_step.append(count)
+    counters.compile_seconds = progs.compile_seconds - compiled_before
     return jax.block_until_ready(x), counters
 
 
-__all__ = ["SDiTCounters", "bucket", "denoise", "from_tiles", "halves", "plan", "region_means", "segment",
-           "to_tiles"]
+__all__ = ["Programs", "SDiTCounters", "bucket", "denoise", "from_tiles", "halves", "plan", "programs",
+           "region_means", "segment", "to_tiles"]

@@ -574,7 +574,7 @@ def _stage2_sdit(model: DiffusionModel, cfg: SuperGenConfig, scfg: TextToImageCo
                                      f"{layout.tile // mc.patch} moves it by one token per step")) if bad]
     if problems:
         raise ValueError("SDiT inside SuperGen's tiles needs " + "; ".join(problems))
-    tile = None if layout.tiling == "none" else (layout.tile, layout.tile)
+    tile = None if layout.tiling == "none" else layout.tile
     t2 = time.perf_counter()
     x, counters = sdit_denoise(mc, model.params, scfg, conditioning(model, prompt=prompt), x,
                                ts[cfg.restart_step:], tile=tile, shift=layout.shift, guidance=float(cfg.guidance),

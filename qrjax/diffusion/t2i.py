@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from qrjax.diffusion import sdit, tide
-from qrjax.diffusion.config import DiTConfig, TextToImageConfig
+from qrjax.diffusion.config import TextToImageConfig
 from qrjax.diffusion.model import DiffusionModel
 from qrjax.diffusion.sampler import sample, schedule
 from qrjax.diffusion.supergen import canvas_shape, to_uint8
@@ -58,27 +58,6 @@ class T2IStats:
         return d
 
 
-class _Programs:
-    """The AOT-compiled sampler of one (model config, canvas, guidance, correction), compile time kept apart."""
-
-    def __init__(self):
-        self.compiled = None
-        self.compile_seconds = 0.0
-
-    def get(self, fn, args):
-        if self.compiled is None:
-            start = time.perf_counter()
-            self.compiled = jax.jit(fn).lower(*args).compile()
-            self.compile_seconds += time.perf_counter() - start
-        return self.compiled
-
-
-@functools.lru_cache(maxsize=8)
-def _programs(config: DiTConfig, canvas: tuple, guidance: float, control, steps: int) -> _Programs:
-    del config, canvas, guidance, control, steps  # the cache key
-    return _Programs()
-
-
 def generate_image(model: DiffusionModel, cfg: TextToImageConfig, prompt: str, *, scale: int | tuple[int, int] = 1,
                    size: tuple[int, int] | None = None, key: jax.Array | None = None, progress: bool = True,
                    return_latent: bool = False):
@@ -103,11 +82,11 @@ def generate_image(model: DiffusionModel, cfg: TextToImageConfig, prompt: str, *
     stats = T2IStats(steps=cfg.steps, canvas=shape, image_tokens=n, train_tokens=mc.image_tokens,
                      correction=cfg.correction, sdit=cfg.sdit, full_tokens=n * cfg.steps)
     if not cfg.sdit:
-        progs = _programs(mc, shape, guidance, control, cfg.steps)
+        progs = sdit.programs("sample", mc, shape, guidance, control, cfg.steps)
         compiled_before = progs.compile_seconds
         args = (model.params, key, cond)
-        fn = progs.get(functools.partial(sample, mc, shape=shape, steps=cfg.steps, guidance=guidance,
-                                         control=control), args)
+        fn = progs.get("sample", functools.partial(sample, mc, shape=shape, steps=cfg.steps, guidance=guidance,
+                                                   control=control), args)
         start = time.perf_counter()
         latent = jax.block_until_ready(fn(*args))[0]
         stats.seconds = time.perf_counter() - start

@@ -119,7 +119,6 @@ def train_and_evaluate(config: DiTConfig, workdir: str | Path, data: str | Path 
         raise ValueError(f"data {config.data!r}: choose photos or scenes")
     if config.data == "scenes" and not config.text:
         raise ValueError("data=scenes trains a text-to-image model: set text_model (e.g. cpu)")
-    check_workdir_config(workdir, config)
     clip, text_table, texts = None, None, None
     if config.data == "scenes":
         train_src, val_src, clip = _pair_sources(config, data)
@@ -131,6 +130,7 @@ def train_and_evaluate(config: DiTConfig, workdir: str | Path, data: str | Path 
             raise ValueError(f"config.num_classes={config.num_classes} but the training set has {len(train_src)} "
                              f"images (one class each); set num_classes={len(train_src)} or 0")
         names = tuple(train_src.names)
+    check_workdir_config(workdir, config)  # after the data checks: a refused run writes nothing
     ae_path = workdir / "autoencoder.msgpack"
     if ae_path.exists():
         ae = Autoencoder.from_dict(flax.serialization.msgpack_restore(ae_path.read_bytes()))

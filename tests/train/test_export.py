@@ -313,7 +313,7 @@ def test_system_spec_rules_load_shipped_and_saved_models(tmp_path):
         _assert_bit_identical(jax.device_get(shipped.variables), loaded.variables)
     with pytest.raises(FileNotFoundError, match=r"neither a shipped model \(cpu, cpu-full\)"):
         wexport.resolve_model("cpu-tiny")
-    with pytest.raises(FileNotFoundError, match=r"neither a shipped model \(cpu\)"):
+    with pytest.raises(FileNotFoundError, match=r"neither a shipped model \(cpu, t2i-cpu\)"):
         dexport.resolve_model("tiny")
 
 

@@ -209,6 +209,13 @@ class TextCond(NamedTuple):
     null_states: jax.Array
     null_pooled: jax.Array
 
+    def with_null(self) -> "TextCond":
+        """The batch of a guided model call: the prompts' rows, then as many rows of the empty caption."""
+        return self._replace(states=jnp.concatenate([self.states, jnp.broadcast_to(self.null_states,
+                                                                                   self.states.shape)]),
+                             pooled=jnp.concatenate([self.pooled, jnp.broadcast_to(self.null_pooled,
+                                                                                   self.pooled.shape)]))
+
     def first(self, b: int) -> "TextCond":
         """The first prompt repeated b times (SuperGen's tiles all read their canvas's prompt)."""
         return self._replace(states=jnp.broadcast_to(self.states[:1], (b, *self.states.shape[1:])),
@@ -371,7 +378,8 @@ def make_model(config: DiTConfig) -> nn.Module:
 
 
 def apply_model(config: DiTConfig, params, x: jax.Array, t: jax.Array, cond, control: AttentionControl | None = None):
-    """v for a batch: cond is int32[B] labels (or None) for the DiT, a TextCond whose rows match x for the MMDiT."""
+    """v for a batch: cond is int32[B] labels (or None) for the DiT, a TextCond whose rows match x for the MMDiT
+    (control: its AttentionControl; the DiT takes none)."""
     if config.text:
         return MMDiT(config).apply({"params": params}, x, t, cond.states, cond.pooled, control)
     return DiT(config).apply({"params": params}, x, t, cond)

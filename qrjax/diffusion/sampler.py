@@ -37,24 +37,20 @@ def velocity_fn(config: DiTConfig, params, cond, guidance: float = 1.0, control=
         b = x.shape[0]
         tt = jnp.full((b,), t, jnp.float32)
         ctl = control(t) if callable(control) else control
-        if config.text:
-            null = cond._replace(states=jnp.broadcast_to(cond.null_states, cond.states.shape),
-                                 pooled=jnp.broadcast_to(cond.null_pooled, cond.pooled.shape))
-            if guidance == 1.0:
-                return apply_model(config, params, x, tt, cond, ctl)
-            both = cond._replace(states=jnp.concatenate([cond.states, null.states]),
-                                 pooled=jnp.concatenate([cond.pooled, null.pooled]))
-            out = apply_model(config, params, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]), both, ctl)
-        else:
-            if guidance == 1.0 or not config.num_classes:
-                return apply_model(config, params, x, tt, cond)
-            null = jnp.full((b,), config.null_class, jnp.int32)
-            out = apply_model(config, params, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]),
-                              jnp.concatenate([cond, null]))
-        c, u = out[:b], out[b:]
-        return u + guidance * (c - u)
+        if guidance == 1.0 or not (config.text or config.num_classes):
+            return apply_model(config, params, x, tt, cond, ctl)
+        both = cond.with_null() if config.text else jnp.concatenate([cond, jnp.full((b,), config.null_class,
+                                                                                    jnp.int32)])
+        return guide(apply_model(config, params, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]), both, ctl),
+                     guidance)
 
     return v
+
+
+def guide(out: jax.Array, guidance: float) -> jax.Array:
+    """Classifier-free guidance of a [conditional; unconditional] batch: u + guidance (c - u)."""
+    b = out.shape[0] // 2
+    return out[b:] + guidance * (out[:b] - out[b:])
 
 
 def euler_step(x: jax.Array, v: jax.Array, t, t_next) -> jax.Array:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from qrjax import tiling
 from qrjax.diffusion.config import DiTConfig, TextToImageConfig
 from qrjax.diffusion.model import MMDiT, TextCond, patchify, unpatchify
+from qrjax.diffusion.sampler import guide
 
 
 def segment(x0: np.ndarray, patch: int, cfg: TextToImageConfig) -> np.ndarray:
@@ -103,21 +104,6 @@ class SDiTCounters:
     regions_per_step: list = dataclasses.field(default_factory=list)
 
 
-def halves(cond: TextCond, guidance: float) -> tuple[jax.Array, jax.Array]:
-    """(states, pooled) of the model's batch: the prompt, then the empty caption when guided."""
-    if guidance == 1.0:
-        return cond.states, cond.pooled
-    return (jnp.concatenate([cond.states, jnp.broadcast_to(cond.null_states, cond.states.shape)]),
-            jnp.concatenate([cond.pooled, jnp.broadcast_to(cond.null_pooled, cond.pooled.shape)]))
-
-
-def _guide(out: jax.Array, guidance: float) -> jax.Array:
-    if guidance == 1.0:
-        return out
-    b = out.shape[0] // 2
-    return out[b:] + guidance * (out[:b] - out[b:])
-
-
 def to_tiles(a: jax.Array, tile: int | None) -> jax.Array:
     """[B, H, W, ...] -> [n, B, tile, tile, ...], tiles row-major (qrjax.tiling's grid); tile None: the whole canvas
     as one tile, [1, B, H, W, ...]."""
@@ -146,7 +132,9 @@ def _step(config: DiTConfig, guidance: float, control, tile: int | None, shift: 
     hh, ww = x.shape[1:3]
     th, tw = (hh, ww) if tile is None else (tile, tile)
     tok = None if tile is None else tile // p
-    states, pooled = halves(cond, guidance)
+    guided = guidance != 1.0
+    both = cond.with_null() if guided else cond
+    states, pooled = both.states, both.pooled
     reps = states.shape[0]
     ctl = None if control is None else control(t)
     tt = jnp.full((reps,), t, jnp.float32)
@@ -156,7 +144,7 @@ def _step(config: DiTConfig, guidance: float, control, tile: int | None, shift: 
     def one(x1, kv1, i1):
         out, kv1 = MMDiT(config).apply({"params": params}, jnp.concatenate([x1] * reps), tt, states, pooled, ctl,
                                        kv=kv1, idx=i1)
-        return _guide(out, guidance), kv1
+        return (guide(out, guidance) if guided else out), kv1
 
     out, kv_t = jax.vmap(one)(to_tiles(x, tile), kv_t, idx)  # out: [n, 1, M, p*p*C]
     v_t = jax.vmap(lambda a: patchify(a, p))(to_tiles(v, tile))  # [n, 1, n_tok, p*p*C]
@@ -279,5 +267,5 @@ def denoise(config: DiTConfig, params, cfg: TextToImageConfig, cond: TextCond, x
     return jax.block_until_ready(x), counters
 
 
-__all__ = ["Programs", "SDiTCounters", "bucket", "denoise", "from_tiles", "halves", "plan", "programs",
+__all__ = ["Programs", "SDiTCounters", "bucket", "denoise", "from_tiles", "plan", "programs",
            "region_means", "segment", "to_tiles"]

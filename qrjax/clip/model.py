@@ -127,7 +127,7 @@ class TextTransformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array, return_states: bool = False):
         """return_states: also return the per-token states after ln_final, [B, L, text_width] (what a text-to-image
-        model attends to, as SD3 reads CLIP's penultimate states)."""
+        model attends to; SD3 reads a large CLIP's penultimate layer, this small tower's last one serves here)."""
         c = self.config
         if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= c.context_length:
             raise ValueError(f"tokens: shape {tuple(tokens.shape)}; expected [B, L] with 1 <= L <= "
